@@ -1,0 +1,24 @@
+"""Gemma Scope's JumpReLU SAEs and transcoders for TransformerLens and SAELens.
+
+Importing the package registers its SAE classes and pretrained loader with SAELens; nothing else.
+"""
+
+from gemma_scope_ext.gemma2 import load_gemma2, tiny_gemma2
+from gemma_scope_ext.models import GEMMA2_MODELS, Gemma2Spec, get_spec
+from gemma_scope_ext.sites import SITES, Site, hook_name, hook_name_out, site_d_in
+from gemma_scope_ext.text import sample_texts, sample_tokens
+
+__all__ = [
+    "GEMMA2_MODELS",
+    "SITES",
+    "Gemma2Spec",
+    "Site",
+    "get_spec",
+    "hook_name",
+    "hook_name_out",
+    "load_gemma2",
+    "sample_texts",
+    "sample_tokens",
+    "site_d_in",
+    "tiny_gemma2",
+]

@@ -1,0 +1,28 @@
+"""Shared fixtures: the embedded tiny Gemma 2 (TransformerLens and Hugging Face) and token batches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gemma_scope_ext.gemma2 import tiny_gemma2, tiny_gemma2_hf
+from gemma_scope_ext.text import sample_tokens
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """The tiny Gemma 2 as a HookedTransformer (fp32, CPU). Do not modify it in a test."""
+    torch.set_grad_enabled(True)
+    return tiny_gemma2()
+
+
+@pytest.fixture(scope="session")
+def tiny_hf():
+    """The same weights as a Hugging Face Gemma2ForCausalLM (eager attention)."""
+    return tiny_gemma2_hf()
+
+
+@pytest.fixture(scope="session")
+def eval_tokens(tiny_model):
+    """8 held-out rows of 64 tokens, each starting with BOS (longer than the sliding window)."""
+    return sample_tokens(tiny_model.tokenizer, n_seqs=8, seq_len=64, split="eval")

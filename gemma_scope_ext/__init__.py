@@ -5,10 +5,23 @@ Importing the package registers its SAE classes and pretrained loader with SAELe
 
 from gemma_scope_ext.gemma2 import load_gemma2, tiny_gemma2
 from gemma_scope_ext.models import GEMMA2_MODELS, Gemma2Spec, get_spec
+from gemma_scope_ext.plugin import register_with_sae_lens
+from gemma_scope_ext.sae import GemmaScopeSAE, GemmaScopeSAEConfig
+from gemma_scope_ext.sae_training import (
+    GemmaScopeTrainingSAE,
+    GemmaScopeTrainingSAEConfig,
+    gemma_scope_sae_config,
+)
 from gemma_scope_ext.sites import SITES, Site, hook_name, hook_name_out, site_d_in
 from gemma_scope_ext.text import sample_texts, sample_tokens
 
 __all__ = [
+    "GemmaScopeSAE",
+    "GemmaScopeSAEConfig",
+    "GemmaScopeTrainingSAE",
+    "GemmaScopeTrainingSAEConfig",
+    "gemma_scope_sae_config",
+    "register_with_sae_lens",
     "GEMMA2_MODELS",
     "SITES",
     "Gemma2Spec",
@@ -22,3 +35,5 @@ __all__ = [
     "site_d_in",
     "tiny_gemma2",
 ]
+
+register_with_sae_lens()

@@ -1,0 +1,39 @@
+"""Keeping decoder rows on the unit sphere: the gradient step's part of the Gemma Scope constraint.
+
+Gemma Scope keeps every decoder row at unit norm. Before each optimiser step it removes the gradient
+component parallel to the row (the part that would only change its norm), and after the step it
+renormalises. The first half is an identity in the forward pass whose backward projects the gradient
+onto each row's tangent space: g - (g . w / ||w||^2) w.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jaxtyping import Float
+from torch import Tensor, autograd
+
+__all__ = ["remove_parallel_grad"]
+
+
+class _RemoveParallelGrad(autograd.Function):
+    @staticmethod
+    def forward(W: Tensor) -> Tensor:
+        return W.view_as(W)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Tensor], output: Tensor) -> None:
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:  # type: ignore[override]
+        (W,) = ctx.saved_tensors
+        # Divide by ||w||^2 rather than assume 1: rows drift from unit norm by one step between
+        # renormalisations, and the projection should stay exact anyway.
+        coeff = (grad * W).sum(dim=-1, keepdim=True) / W.pow(2).sum(dim=-1, keepdim=True)
+        return grad - coeff * W
+
+
+def remove_parallel_grad(W_dec: Float[Tensor, "d_sae d_out"]) -> Float[Tensor, "d_sae d_out"]:
+    """``W_dec`` unchanged; in backward, each row's gradient loses its component along the row."""
+    return _RemoveParallelGrad.apply(W_dec)  # type: ignore[no-any-return]

@@ -3,7 +3,9 @@
 Importing the package registers its SAE classes and pretrained loader with SAELens; nothing else.
 """
 
+from gemma_scope_ext.catalog import CatalogEntry, Release, find_saes, get_entry, list_releases
 from gemma_scope_ext.gemma2 import load_gemma2, tiny_gemma2
+from gemma_scope_ext.loader import from_pretrained
 from gemma_scope_ext.models import GEMMA2_MODELS, Gemma2Spec, get_spec
 from gemma_scope_ext.plugin import register_with_sae_lens
 from gemma_scope_ext.sae import GemmaScopeSAE, GemmaScopeSAEConfig
@@ -16,6 +18,12 @@ from gemma_scope_ext.sites import SITES, Site, hook_name, hook_name_out, site_d_
 from gemma_scope_ext.text import sample_texts, sample_tokens
 
 __all__ = [
+    "CatalogEntry",
+    "Release",
+    "find_saes",
+    "from_pretrained",
+    "get_entry",
+    "list_releases",
     "GemmaScopeSAE",
     "GemmaScopeSAEConfig",
     "GemmaScopeTrainingSAE",

@@ -35,3 +35,13 @@ def register_with_sae_lens() -> None:
 
     _register(ARCHITECTURE, GemmaScopeSAE, GemmaScopeSAEConfig, training=False)
     _register(ARCHITECTURE, GemmaScopeTrainingSAE, GemmaScopeTrainingSAEConfig, training=True)
+
+    from gemma_scope_ext import transcoder as tc
+
+    _register(tc.ARCHITECTURE, tc.GemmaScopeTranscoder, tc.GemmaScopeTranscoderConfig, False)
+    _register(tc.ARCHITECTURE, tc.GemmaScopeTrainingTranscoder,
+              tc.GemmaScopeTrainingTranscoderConfig, training=True)  # fmt: skip
+
+    from gemma_scope_ext.sae_lens_route import register_sae_lens_route
+
+    register_sae_lens_route()

@@ -1,0 +1,219 @@
+"""Gemma Scope's JumpReLU transcoder: inference and training classes for SAELens.
+
+A transcoder reads the MLP input just after the pre-MLP RMSNorm, before its gain
+(``blocks.{L}.ln2.hook_normalized``: Gemma Scope folded the gain into the transcoder) and predicts the
+MLP output after the post-MLP RMSNorm (``blocks.{L}.hook_mlp_out``):
+
+    f = JumpReLU_theta(x W_enc + b_enc),    y_hat = f W_dec + b_dec.
+
+Unlike an SAE it never subtracts ``b_dec`` from its input (``b_dec`` lives in the output space).
+Parameters, names and shapes are SAELens's ``JumpReLUTranscoder``'s, so a trained transcoder saves as
+a stock ``jumprelu_transcoder`` that SAELens loads without this package.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from sae_lens.saes.sae import SAEMetadata
+from sae_lens.saes.transcoder import JumpReLUTranscoder, JumpReLUTranscoderConfig
+from torch import Tensor, nn
+from typing_extensions import override
+
+from gemma_scope_ext.sae_training import GemmaScopeTrainingSAE, GemmaScopeTrainingSAEConfig
+
+__all__ = [
+    "ARCHITECTURE",
+    "GemmaScopeTrainingTranscoder",
+    "GemmaScopeTrainingTranscoderConfig",
+    "GemmaScopeTranscoder",
+    "GemmaScopeTranscoderConfig",
+]
+
+ARCHITECTURE = "gemma_scope_jumprelu_transcoder"
+"""The name the transcoder and its training class are registered under in SAELens."""
+
+_PARAM_NAMES = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
+
+
+@dataclass
+class GemmaScopeTranscoderConfig(JumpReLUTranscoderConfig):
+    """SAELens's ``JumpReLUTranscoderConfig`` with Gemma Scope's defaults.
+
+    ``metadata.hook_name`` is the input hook and ``metadata.hook_name_out`` the hook whose value the
+    output replaces, as SAELens's ``HookedSAETransformer`` expects.
+    """
+
+    apply_b_dec_to_input: bool = False
+    """Must stay False: ``b_dec`` has the output width, and Gemma Scope never centres the input."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if min(self.d_in, self.d_sae, self.d_out) < 1:
+            raise ValueError(
+                f"d_in, d_sae and d_out must be positive, got {self.d_in}, {self.d_sae}, "
+                f"{self.d_out}"
+            )
+
+    @override
+    @classmethod
+    def architecture(cls) -> str:
+        return ARCHITECTURE
+
+
+class GemmaScopeTranscoder(JumpReLUTranscoder):
+    """Gemma Scope's JumpReLU transcoder, SAELens's ``JumpReLUTranscoder`` with Gemma Scope metadata.
+
+    Encoding, decoding and hook points are SAELens's; ``HookedSAETransformer.add_sae`` splices it in
+    (input captured at ``hook_name``, output written at ``hook_name_out``).
+    """
+
+    cfg: GemmaScopeTranscoderConfig  # type: ignore[assignment]
+
+    def __init__(self, cfg: GemmaScopeTranscoderConfig):
+        super().__init__(cfg)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_params(
+        cls,
+        params: dict[str, Tensor],
+        hook_name: str | None = None,
+        hook_name_out: str | None = None,
+        model_name: str | None = None,
+        device: str = "cpu",
+        dtype: str = "float32",
+        **metadata,
+    ) -> GemmaScopeTranscoder:
+        """A transcoder holding ``W_enc, W_dec, b_enc, b_dec, threshold`` (e.g. a params.npz)."""
+        if set(params) != set(_PARAM_NAMES):
+            raise ValueError(
+                f"transcoder params must hold exactly {sorted(_PARAM_NAMES)}, got {sorted(params)}"
+            )
+        d_in, d_sae = params["W_enc"].shape
+        d_out = params["W_dec"].shape[-1]
+        shapes = {"W_dec": (d_sae, d_out), "b_enc": (d_sae,), "b_dec": (d_out,),
+                  "threshold": (d_sae,)}  # fmt: skip
+        for name, shape in shapes.items():
+            if tuple(params[name].shape) != shape:
+                raise ValueError(
+                    f"{name} has shape {tuple(params[name].shape)}, expected {shape} for W_enc "
+                    f"{(d_in, d_sae)} and W_dec {tuple(params['W_dec'].shape)}"
+                )
+        cfg = GemmaScopeTranscoderConfig(
+            d_in=d_in, d_sae=d_sae, d_out=d_out, dtype=dtype, device=device,
+            metadata=SAEMetadata(hook_name=hook_name, hook_name_out=hook_name_out,
+                                 model_name=model_name, **metadata),
+        )  # fmt: skip
+        transcoder = cls(cfg)
+        with torch.no_grad():
+            for name, value in params.items():
+                getattr(transcoder, name).copy_(torch.as_tensor(value))
+        return transcoder
+
+
+@dataclass(kw_only=True)
+class GemmaScopeTrainingTranscoderConfig(GemmaScopeTrainingSAEConfig):
+    """The Gemma Scope JumpReLU recipe for a transcoder; every default is Gemma Scope's.
+
+    The input and the target each get their own scalar (E[||s x||^2] = 1, E[||s y||^2] = 1),
+    estimated from the first batch and folded into the weights at save.
+    """
+
+    d_out: int | None = None
+    """Width of the predicted activation; None means the input width ``d_in``."""
+
+    def __post_init__(self) -> None:
+        if self.d_out is None:
+            self.d_out = self.d_in
+        super().__post_init__()
+        if self.d_out < 1:
+            raise ValueError(f"d_out must be positive, got {self.d_out}")
+        if self.apply_b_dec_to_input:
+            raise ValueError(
+                "apply_b_dec_to_input=True is impossible for a transcoder: b_dec lives in the "
+                "output space; leave it False (Gemma Scope never centres the input)"
+            )
+        if self.normalize_activations != "none" or self.reshape_activations != "none":
+            raise ValueError(
+                "a transcoder scales its input and target with input_scaling; expected "
+                "normalize_activations='none' and reshape_activations='none', got "
+                f"{self.normalize_activations!r} and {self.reshape_activations!r}"
+            )
+
+    @override
+    @classmethod
+    def architecture(cls) -> str:
+        return ARCHITECTURE
+
+    @override
+    def get_inference_config_class(self) -> type[JumpReLUTranscoderConfig]:
+        return GemmaScopeTranscoderConfig
+
+    @override
+    def get_inference_sae_cfg_dict(self) -> dict[str, Any]:
+        """The saved config: SAELens's stock ``jumprelu_transcoder`` format, scales folded in."""
+        result = {f.name: getattr(self, f.name) for f in fields(JumpReLUTranscoderConfig)}
+        result["architecture"] = JumpReLUTranscoderConfig.architecture()
+        result["metadata"] = self._metadata_with_training_info()
+        return result
+
+
+class GemmaScopeTrainingTranscoder(GemmaScopeTrainingSAE):
+    """A JumpReLU transcoder trained with the Gemma Scope recipe.
+
+    The trainer's batches are packed pairs ``[x | y]`` (see ``TranscoderActivationsStore``): the loss
+    is ||s_out y - y_hat||^2 + lambda L0 on the scaled pair. ``encode``/``decode`` take raw ``x`` and
+    return raw ``y_hat``, so evaluation and splicing need no knowledge of the scalars.
+    """
+
+    cfg: GemmaScopeTrainingTranscoderConfig  # type: ignore[assignment]
+
+    def __init__(self, cfg: GemmaScopeTrainingTranscoderConfig, use_error_term: bool = False):
+        super().__init__(cfg, use_error_term)  # type: ignore[arg-type]
+
+    @property
+    def d_out(self) -> int:
+        """Width of the predicted activation."""
+        return int(self.cfg.d_out)  # type: ignore[arg-type]
+
+    @override
+    def initialize_weights(self) -> None:
+        # The SAE recipe builds W_dec [d_sae, d_in] with unit rows and W_enc = W_dec^T; for d_out
+        # == d_in that is kept as is, otherwise the decoder is redrawn the same way at d_out.
+        super().initialize_weights()
+        d_out = int(self.cfg.d_out)  # type: ignore[arg-type]
+        if d_out != self.cfg.d_in:
+            w_dec = torch.empty(self.cfg.d_sae, d_out, dtype=self.dtype, device=self.device)
+            nn.init.kaiming_uniform_(w_dec)
+            if self.cfg.decoder_init_norm is not None:
+                w_dec *= self.cfg.decoder_init_norm / w_dec.norm(dim=-1, keepdim=True)
+            self.W_dec = nn.Parameter(w_dec)
+        self.b_dec = nn.Parameter(torch.zeros(d_out, dtype=self.dtype, device=self.device))
+
+    @override
+    def training_batch(self, sae_in: Tensor) -> tuple[Tensor, Tensor]:
+        """Split the packed ``[x | y]`` batch into input and target."""
+        expected = self.cfg.d_in + self.d_out
+        if sae_in.shape[-1] != expected:
+            raise ValueError(
+                f"a transcoder trains on packed [x | y] rows of width d_in + d_out = {expected}, "
+                f"got width {sae_in.shape[-1]}; feed it from TranscoderActivationsStore "
+                "(TranscoderTrainingRunner does), not a single-hook ActivationsStore"
+            )
+        return sae_in[..., : self.cfg.d_in], sae_in[..., self.cfg.d_in :]
+
+    @override
+    def process_sae_in(self, sae_in: Tensor) -> Tensor:
+        """Raw input -> scaled encoder input; ``b_dec`` (output space) is never subtracted."""
+        sae_in = self.run_time_activation_norm_fn_in(self.hook_sae_input(sae_in.to(self.dtype)))
+        return sae_in * self.input_scale.to(self.dtype)
+
+    def forward_with_activations(
+        self, x: Float[Tensor, "... d_in"]
+    ) -> tuple[Float[Tensor, "... d_out"], Float[Tensor, "... d_sae"]]:
+        """(raw prediction y_hat, latent activations), as SAELens's ``Transcoder`` returns them."""
+        feature_acts = self.encode(x)
+        return self.decode(feature_acts), feature_acts

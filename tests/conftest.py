@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
+import os
 
-from gemma_scope_ext.gemma2 import tiny_gemma2, tiny_gemma2_hf
-from gemma_scope_ext.text import sample_tokens
+# No test touches the network: every Hugging Face library is told so before it is imported.
+for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ[_var] = "1"
+os.environ["WANDB_MODE"] = "disabled"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from gemma_scope_ext.gemma2 import tiny_gemma2, tiny_gemma2_hf  # noqa: E402
+from gemma_scope_ext.text import sample_tokens  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -44,9 +44,10 @@ def collect_docstrings(max_chars: int) -> list[str]:
         for node in ast.walk(tree):
             if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
                 doc = ast.get_docstring(node, clean=False)
-                if doc and len(doc) >= 80 and doc not in seen:
+                doc = inspect.cleandoc(doc) if doc else ""
+                if len(doc) >= 80 and doc not in seen:  # dedupe after cleaning: no split leaks
                     seen.add(doc)
-                    docs.append(inspect.cleandoc(doc))
+                    docs.append(doc)
     random.Random(0).shuffle(docs)
     kept, total = [], 0
     for doc in docs:
@@ -167,7 +168,7 @@ def train(model, rows: torch.Tensor, steps: int, batch: int, lr: float, seed: in
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3)

@@ -17,7 +17,33 @@ def _add_demo(sub) -> None:
     p.set_defaults(handler="gemma_scope_ext.demo:main")
 
 
-SUBCOMMANDS = [_add_demo]
+def _add_list(sub) -> None:
+    p = sub.add_parser("list", help="list Gemma Scope releases, or the SAEs matching filters")
+    p.add_argument("--model", help="e.g. gemma-2-2b, gemma-2-9b-it")
+    p.add_argument("--site", help="res, mlp, att, embedding or transcoder")
+    p.add_argument("--layer", type=int)
+    p.add_argument("--width", help="number of latents or a label such as 16k, 1m")
+    p.add_argument("--l0", type=float, help="keep the SAE with the nearest average L0 per site")
+    p.add_argument("--canonical", action="store_true", help="only the canonical SAEs (L0 nearest 100)")
+    p.set_defaults(handler="gemma_scope_ext.commands_registry:list_saes")
+
+
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="show what is known about one Gemma Scope SAE")
+    p.add_argument("release", help="e.g. gemma-scope-2b-pt-res")
+    p.add_argument("sae_id", help="e.g. layer_20/width_16k/average_l0_71")
+    p.set_defaults(handler="gemma_scope_ext.commands_registry:info")
+
+
+def _add_download(sub) -> None:
+    p = sub.add_parser("download", help="download, check and convert one Gemma Scope SAE")
+    p.add_argument("release", help="e.g. gemma-scope-2b-pt-res")
+    p.add_argument("sae_id", help="e.g. layer_20/width_16k/average_l0_71")
+    p.add_argument("--revision", help="branch, tag or commit of the Hugging Face repo")
+    p.add_argument("--force", action="store_true", help="download again even if cached")
+    p.set_defaults(handler="gemma_scope_ext.commands_registry:download")
+
+SUBCOMMANDS = [_add_demo, _add_list, _add_info, _add_download]
 
 
 def build_parser() -> argparse.ArgumentParser:

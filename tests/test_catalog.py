@@ -178,3 +178,30 @@ def test_committed_catalog_is_what_the_tool_generates():
     yaml_path = Path(sae_lens.__file__).parent / "pretrained_saes.yaml"
     text = tool.dump(tool.build(yaml_path), f"sae_lens {sae_lens.__version__} pretrained_saes.yaml")
     assert text == (ROOT / "gemma_scope_ext" / "data" / "catalog.json").read_text()
+
+
+def test_cli_list(capsys):
+    import gemma_scope_cli
+
+    assert gemma_scope_cli.main(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 + len(list_releases())
+    assert gemma_scope_cli.main(["list", "--model", "gemma-2-2b", "--site", "res", "--layer", "12",
+                                 "--width", "16k"]) == 0  # fmt: skip
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [r[5] for r in rows] == ["22", "41", "82", "176", "445"]
+    assert [r[5] for r in rows if r[6] == "*"] == ["82"]
+    assert gemma_scope_cli.main(["list", "--site", "transcoder", "--canonical", "--layer", "7"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert rows == [["gemma-scope-2b-pt-transcoders", "layer_7/width_16k/average_l0_70", "transcoder",
+                     "7", "16k", "70", "*", "gemma-2-2b/7-gemmascope-transcoder-16k"]]  # fmt: skip
+
+
+def test_cli_help_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, gemma_scope_cli; p = gemma_scope_cli.build_parser();"
+            "assert {'list', 'info', 'download'} <= set(p._subparsers._group_actions[0].choices);"
+            "assert 'torch' not in sys.modules")  # fmt: skip
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)

@@ -277,3 +277,24 @@ def test_route_registration_is_idempotent_and_passes_other_repos_through():
     assert routed("someone/other-saes", "layer_3", "cpu", False, None) == "stock"
     assert calls == [("someone/other-saes", "layer_3", "cpu", False, None)]
 
+
+
+def test_cli_download_then_info(hub, monkeypatch, capsys):
+    import gemma_scope_cli
+
+    entry = fabricate(monkeypatch, "gemma-scope-2b-pt-res", "layer_3/width_16k/average_l0_59")
+    params, npz = write_for(hub, entry, seed=12)
+    argv = ["download", entry.release, entry.sae_id]
+    assert gemma_scope_cli.main(argv) == 0
+    cached = cache_path(entry, npz)
+    assert f"converted:   {cached}" in capsys.readouterr().out
+    from safetensors.numpy import load_file
+
+    stored = load_file(cached)
+    assert all(np.array_equal(stored[k], v) for k, v in params.items())
+    assert gemma_scope_cli.main(["info", entry.release, entry.sae_id]) == 0
+    out = capsys.readouterr().out
+    assert f"downloaded:  {npz}" in out and f"converted:   {cached}" in out
+    assert "hook:        blocks.3.hook_resid_post" in out
+    assert gemma_scope_cli.main(["download", entry.release, "layer_3/width_16k/average_l0_58"]) == 2
+    assert "closest: average_l0_59" in capsys.readouterr().err

@@ -222,8 +222,18 @@ class TranscoderEvaluator:
 
         Special tokens are those the store excludes, or BOS/EOS/pad when it excludes none.
         """
+        store = self.activations_store
+        meta = transcoder.cfg.metadata
+        for key, hook in (("hook_name", store.hook_name), ("hook_name_out", store.hook_name_out)):
+            if meta.get(key) is None:
+                meta[key] = hook  # trained on the store's hooks, so that is where it belongs
+            elif meta[key] != hook:
+                raise ValueError(
+                    f"the transcoder's metadata.{key} is {meta[key]!r} but the store reads "
+                    f"{hook!r}; evaluate it with a store for its own hooks"
+                )
         tokens = self.eval_tokens() if tokens is None else tokens
-        excluded = self.activations_store.exclude_special_tokens
+        excluded = store.exclude_special_tokens
         return evaluate(
             self.model, transcoder, tokens, batch_size=self.batch_size, progress=False,
             special_token_ids=None if excluded is None else excluded.tolist(),

@@ -43,7 +43,30 @@ def _add_download(sub) -> None:
     p.add_argument("--force", action="store_true", help="download again even if cached")
     p.set_defaults(handler="gemma_scope_ext.commands_registry:download")
 
-SUBCOMMANDS = [_add_demo, _add_list, _add_info, _add_download]
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="delta LM loss, FVU and L0 of SAEs; JSON and PNG plots")
+    p.add_argument("--model", default="tiny-gemma2",
+                   help="tiny-gemma2 (offline) or a Gemma 2 name, e.g. gemma-2-2b")
+    p.add_argument("--sae", action="append", required=True, metavar="FOLDER|RELEASE:SAE_ID",
+                   help="an SAE folder (sae.save_model) or a release and id; repeat for several")
+    p.add_argument("--dataset", action="append", metavar="NAME[:SPLIT]",
+                   help="docstrings (built in, offline) or a Hugging Face dataset with a text "
+                        "column; repeat for several (default: docstrings)")
+    p.add_argument("--n-seqs", type=int, default=32, help="rows of tokens per dataset")
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per row, BOS included")
+    p.add_argument("--batch-size", type=int, default=8, help="rows per forward pass")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--device", default=None, help="default: cuda when available (cpu for tiny)")
+    p.add_argument("--dense-threshold", type=float, default=0.1,
+                   help="latents firing on more than this fraction of tokens count as dense")
+    p.add_argument("--no-ablations", action="store_true",
+                   help="skip the zero- and mean-ablation losses")
+    p.add_argument("--out", default="gemma_scope_eval", help="folder for eval.json and PNGs")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler="gemma_scope_ext.commands_eval:main")
+
+SUBCOMMANDS = [_add_demo, _add_list, _add_info, _add_download, _add_eval]
 
 
 def build_parser() -> argparse.ArgumentParser:

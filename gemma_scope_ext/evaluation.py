@@ -249,7 +249,9 @@ def _batches(tokens: TokenSource, batch_size: int) -> Iterable[Tensor]:
                 f"{tokens.dtype}; tokenize with model.to_tokens or gemma_scope_ext.sample_tokens"
             )
         return list(tokens.split(batch_size))
-    return (part for batch in tokens for part in _batches(torch.as_tensor(batch), batch_size))
+    parts = (part for batch in tokens for part in _batches(torch.as_tensor(batch), batch_size))
+    # a list stays a list, so its progress bar knows its length
+    return list(parts) if isinstance(tokens, (list, tuple)) else parts
 
 
 def _progress(items: Iterable[Tensor], desc: str, show: bool):

@@ -4,6 +4,15 @@ Importing the package registers its SAE classes and pretrained loader with SAELe
 """
 
 from gemma_scope_ext.catalog import CatalogEntry, Release, find_saes, get_entry, list_releases
+from gemma_scope_ext.eval_breakdowns import (
+    SweepResult,
+    TransferResult,
+    compare_saes,
+    evaluate_datasets,
+    evaluate_transfer,
+    position_buckets,
+)
+from gemma_scope_ext.evaluation import EvalResult, evaluate, evaluate_many
 from gemma_scope_ext.gemma2 import load_gemma2, tiny_gemma2
 from gemma_scope_ext.loader import from_pretrained
 from gemma_scope_ext.models import GEMMA2_MODELS, Gemma2Spec, get_spec
@@ -18,6 +27,15 @@ from gemma_scope_ext.sites import SITES, Site, hook_name, hook_name_out, site_d_
 from gemma_scope_ext.text import sample_texts, sample_tokens
 
 __all__ = [
+    "EvalResult",
+    "SweepResult",
+    "TransferResult",
+    "compare_saes",
+    "evaluate",
+    "evaluate_datasets",
+    "evaluate_many",
+    "evaluate_transfer",
+    "position_buckets",
     "CatalogEntry",
     "Release",
     "find_saes",

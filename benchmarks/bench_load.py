@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             return sae_lens.SAE.from_pretrained(RELEASE, SAE_ID, converter=stock_loader)
 
         stock()  # first touch: page cache and lazy imports
+
         def touched(load):
             # A memory-mapped load defers reading: also time reading every weight once.
             def run():
@@ -124,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Load of a {size:.0f} MB params.npz (2304 x 16384), median of {args.repeats}, "
               f"CPU threads {torch.get_num_threads()}\n")  # fmt: skip
         base_touched = touched_rows["SAELens original (gemma_2 loader)"][0]
-        print("| route | load, median s | speed-up | load + read all weights, median s | speed-up |")
+        print(
+            "| route | load, median s | speed-up | load + read all weights, median s | speed-up |"
+        )
         print("|---|---|---|---|---|")
         for name, (med, _, _) in rows.items():
             med_t = touched_rows[name][0]

@@ -286,7 +286,21 @@ def find_saes(
             key = (e.release, e.site, e.layer, e.width)
             # Ties go to the canonical entry, then to the sparser one.
             rank = (abs(e.l0 - l0), not e.canonical, e.l0)
-            if key not in best or rank < (abs(best[key].l0 - l0), not best[key].canonical, best[key].l0):
+            if key not in best or rank < (
+                abs(best[key].l0 - l0),
+                not best[key].canonical,
+                best[key].l0,
+            ):
                 best[key] = e
         hits = list(best.values())
-    return sorted(hits, key=lambda e: (e.model, e.site, -1 if e.layer is None else e.layer, e.width, e.l0, e.release))
+    return sorted(
+        hits,
+        key=lambda e: (
+            e.model,
+            e.site,
+            -1 if e.layer is None else e.layer,
+            e.width,
+            e.l0,
+            e.release,
+        ),
+    )

@@ -1,4 +1,4 @@
-"""``gemma-scope list``, ``info`` and ``download``: the catalog and the loader on the command line."""
+"""``gemma-scope list``, ``info`` and ``download``: the catalog and the loader as commands."""
 
 from __future__ import annotations
 
@@ -12,14 +12,18 @@ __all__ = ["download", "info", "list_saes"]
 def _table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     lines = [header, ["-" * w for w in widths], *rows]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in lines)
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in lines
+    )
 
 
 def list_saes(args: argparse.Namespace) -> int:
     """Without filters, the releases; with any filter, the matching SAEs."""
     filters = dict(model=args.model, site=args.site, layer=args.layer, width=args.width, l0=args.l0)
     if all(v is None for v in filters.values()) and not args.canonical:
-        rows = [[r.name, r.model, ",".join(r.sites), str(r.n_saes), r.repo_id] for r in list_releases()]
+        rows = [
+            [r.name, r.model, ",".join(r.sites), str(r.n_saes), r.repo_id] for r in list_releases()
+        ]
         print(_table(["release", "model", "sites", "ids", "repo"], rows))
         return 0
     hits = [e for e in find_saes(**filters) if e.canonical or not args.canonical]
@@ -31,7 +35,9 @@ def list_saes(args: argparse.Namespace) -> int:
     if not rows:
         print("no Gemma Scope SAE matches; run `gemma-scope list` to see the releases")
         return 1
-    print(_table(["release", "sae_id", "site", "layer", "width", "L0", "canon", "neuronpedia"], rows))
+    print(
+        _table(["release", "sae_id", "site", "layer", "width", "L0", "canon", "neuronpedia"], rows)
+    )
     return 0
 
 
@@ -60,7 +66,9 @@ def info(args: argparse.Namespace) -> int:
         "file": f"https://huggingface.co/{e.repo_id}/blob/main/{e.filename}",
         "shapes": ", ".join(f"{k} {tuple(v)}" for k, v in shapes.items()),
         "size": f"{size / 1e6:.1f} MB",
-        "neuronpedia": f"https://www.neuronpedia.org/{e.neuronpedia_id}" if e.neuronpedia_id else "-",
+        "neuronpedia": f"https://www.neuronpedia.org/{e.neuronpedia_id}"
+        if e.neuronpedia_id
+        else "-",
         "downloaded": local if isinstance(local, str) else "no",
     }
     if isinstance(local, str):

@@ -53,6 +53,7 @@ CONTEXT_SIZE = 1024
 """Gemma Scope trained on sequences of 1024 tokens, BOS included."""
 
 _CACHE_FORMAT = "gemma_scope_ext.params/1"
+_PROGRESS_BYTES = 1 << 30  # files this big take tens of seconds to decode: show progress
 
 
 class ParamsFileError(ValueError):
@@ -96,7 +97,7 @@ def cache_root() -> Path:
 def download_params(
     entry: CatalogEntry, revision: str | None = None, force_download: bool = False
 ) -> Path:
-    """Local path of ``entry``'s params.npz, downloading it into the Hugging Face cache if needed."""
+    """Local path of ``entry``'s params.npz, downloaded into the Hugging Face cache if needed."""
     from huggingface_hub import constants, hf_hub_download
 
     offline = _env_true("HF_HUB_OFFLINE") or constants.HF_HUB_OFFLINE
@@ -122,9 +123,13 @@ def download_params(
 
 def read_params_npz(path: str | os.PathLike, entry: CatalogEntry) -> dict[str, np.ndarray]:
     """The arrays of a params.npz, read without pickle and checked against ``entry``."""
+    from tqdm.auto import tqdm
+
+    quiet = os.path.getsize(path) < _PROGRESS_BYTES
     try:
         with np.load(path, allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
+            names = tqdm(npz.files, desc=f"reading {entry.sae_id}", unit="array", disable=quiet)
+            arrays = {name: npz[name] for name in names}
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
         raise ParamsFileError(
             f"cannot read {path}: {type(err).__name__}: {err}; the file is damaged or truncated: "
@@ -162,7 +167,11 @@ def cache_path(entry: CatalogEntry, npz_path: str | os.PathLike) -> Path:
 
 def _source_tag(npz_path: Path) -> dict[str, str]:
     st = npz_path.stat()
-    return {"format": _CACHE_FORMAT, "source_size": str(st.st_size), "source_mtime_ns": str(st.st_mtime_ns)}
+    return {
+        "format": _CACHE_FORMAT,
+        "source_size": str(st.st_size),
+        "source_mtime_ns": str(st.st_mtime_ns),
+    }
 
 
 def _cache_is_valid(path: Path, entry: CatalogEntry, tag: dict[str, str]) -> bool:
@@ -215,7 +224,9 @@ def load_params(
     try:
         _write_cache(cached, tensors, tag)
     except OSError as err:
-        warnings.warn(f"could not cache {npz_path} as {cached}: {err}; loads stay slow", stacklevel=2)
+        warnings.warn(
+            f"could not cache {npz_path} as {cached}: {err}; loads stay slow", stacklevel=2
+        )
     return tensors
 
 
@@ -251,7 +262,9 @@ def sae_config(entry: CatalogEntry, device: str = "cpu", dtype: str = "float32")
     return config_cls(**kwargs, metadata=SAEMetadata(**meta))
 
 
-def hook_ready_params(entry: CatalogEntry, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def hook_ready_params(
+    entry: CatalogEntry, params: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """Weights as the SAE uses them on its TransformerLens hook (embedding SAEs rescaled)."""
     if entry.site != "embedding":
         return dict(params)
@@ -263,7 +276,10 @@ def hook_ready_params(entry: CatalogEntry, params: dict[str, torch.Tensor]) -> d
 
 
 def build_sae(
-    entry: CatalogEntry, params: dict[str, torch.Tensor], device: str = "cpu", dtype: str = "float32"
+    entry: CatalogEntry,
+    params: dict[str, torch.Tensor],
+    device: str = "cpu",
+    dtype: str = "float32",
 ) -> SAE:
     """The SAE (or transcoder) for ``entry`` holding ``params`` (the weights as released)."""
     from sae_lens.util import str_to_dtype

@@ -1,4 +1,4 @@
-"""Test helper: a temporary Hugging Face cache holding params.npz files, as huggingface_hub lays it out.
+"""Test helper: a temporary Hugging Face cache of params.npz files, laid out as huggingface_hub does.
 
 ``models--google--{repo}/blobs/{sha256}`` holds the bytes, ``snapshots/{commit}/{path}/params.npz``
 is a relative symlink to the blob and ``refs/{ref}`` names the commit, so ``hf_hub_download`` with
@@ -40,7 +40,7 @@ def write_params(
     commit: str = COMMIT,
     ref: str = "main",
 ) -> Path:
-    """Store ``arrays`` as ``{path}/params.npz`` of ``repo_id`` at ``commit``; returns the snapshot path."""
+    """Store ``arrays`` as ``{path}/params.npz`` of ``repo_id`` at ``commit``; return its snapshot path."""
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     data = buf.getvalue()

@@ -65,7 +65,9 @@ def test_every_site_width_layer_of_the_release_table_and_nothing_else():
     found: dict[tuple[str, str], dict[int, set]] = defaultdict(lambda: defaultdict(set))
     for e in all_entries():
         found[(e.model, e.site)][e.width].add(e.layer)
-    expected = {key: {w: set(layers) for w, layers in t.items()} for key, t in RELEASE_TABLE.items()}
+    expected = {
+        key: {w: set(layers) for w, layers in t.items()} for key, t in RELEASE_TABLE.items()
+    }
     assert {k: dict(v) for k, v in found.items()} == expected
 
 
@@ -80,7 +82,10 @@ def test_entries_are_consistent_with_their_paths_and_the_model_spec():
     att = get_entry("gemma-scope-9b-pt-att", "layer_20/width_16k/average_l0_39")
     assert (att.d_in, att.hook_name) == (16 * 256, "blocks.20.attn.hook_z")
     tc = get_entry("gemma-scope-2b-pt-transcoders", "layer_7/width_16k/average_l0_70")
-    assert (tc.hook_name, tc.hook_name_out) == ("blocks.7.ln2.hook_normalized", "blocks.7.hook_mlp_out")
+    assert (tc.hook_name, tc.hook_name_out) == (
+        "blocks.7.ln2.hook_normalized",
+        "blocks.7.hook_mlp_out",
+    )
 
 
 def test_transcoders_one_per_layer_with_published_l0():
@@ -98,11 +103,13 @@ def test_canonical_is_l0_nearest_100_and_matches_sae_lens_aliases():
         picks = [e for e in group if e.canonical]
         assert len(picks) == 1, key
         assert abs(picks[0].l0 - 100) == min(abs(e.l0 - 100) for e in group), key
-    # The report's worked examples: 2B res 16k layer 12 -> 82 of (22, 41, 82, 176, 445); layer 20 -> 71.
+    # The report's worked examples: 2B res 16k layer 12 -> 82 of (22 ... 445); layer 20 -> 71.
     l12 = find_saes(model="gemma-2-2b", site="res", layer=12, width="16k")
     assert [e.l0 for e in l12] == [22, 41, 82, 176, 445]
     assert [e.l0 for e in l12 if e.canonical] == [82]
-    assert [e.l0 for e in find_saes(model="gemma-2-2b", site="res", layer=20, width=16 * K, l0=100)] == [71]
+    assert [
+        e.l0 for e in find_saes(model="gemma-2-2b", site="res", layer=20, width=16 * K, l0=100)
+    ] == [71]
     # Every SAELens alias points at the catalog's canonical pick, with the same Neuronpedia id.
     directory = get_pretrained_saes_directory()
     n_aliases = 0
@@ -136,7 +143,10 @@ def test_neuronpedia_ids():
     assert demo.neuronpedia_id == "gemma-2-2b/20-gemmascope-res-16k"  # inherited from its alias
     own = get_entry("gemma-scope-2b-pt-res", "layer_5/width_16k/average_l0_143")
     assert own.neuronpedia_id == "gemma-2-2b/5-gemmascope-res-16k__l0-143"
-    assert get_entry("gemma-scope-27b-pt-res", "layer_10/width_131k/average_l0_15").neuronpedia_id is None
+    assert (
+        get_entry("gemma-scope-27b-pt-res", "layer_10/width_131k/average_l0_15").neuronpedia_id
+        is None
+    )
 
 
 def test_find_saes_filters_and_nearest_l0():
@@ -151,7 +161,12 @@ def test_find_saes_filters_and_nearest_l0():
 
 
 def test_width_parsing():
-    assert [parse_width(w) for w in ("16k", "width_1m", 65536, "131k")] == [2**14, 2**20, 2**16, 2**17]
+    assert [parse_width(w) for w in ("16k", "width_1m", 65536, "131k")] == [
+        2**14,
+        2**20,
+        2**16,
+        2**17,
+    ]
     with pytest.raises(ValueError, match="unknown width '17k'"):
         parse_width("17k")
 
@@ -170,7 +185,9 @@ def test_unknown_ids_name_the_closest():
 
 
 def test_committed_catalog_is_what_the_tool_generates():
-    spec = importlib.util.spec_from_file_location("make_catalog", ROOT / "tools" / "make_catalog.py")
+    spec = importlib.util.spec_from_file_location(
+        "make_catalog", ROOT / "tools" / "make_catalog.py"
+    )
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     import sae_lens
@@ -191,10 +208,13 @@ def test_cli_list(capsys):
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
     assert [r[5] for r in rows] == ["22", "41", "82", "176", "445"]
     assert [r[5] for r in rows if r[6] == "*"] == ["82"]
-    assert gemma_scope_cli.main(["list", "--site", "transcoder", "--canonical", "--layer", "7"]) == 0
+    assert (
+        gemma_scope_cli.main(["list", "--site", "transcoder", "--canonical", "--layer", "7"]) == 0
+    )
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
-    assert rows == [["gemma-scope-2b-pt-transcoders", "layer_7/width_16k/average_l0_70", "transcoder",
-                     "7", "16k", "70", "*", "gemma-2-2b/7-gemmascope-transcoder-16k"]]  # fmt: skip
+    release, sae_id = "gemma-scope-2b-pt-transcoders", "layer_7/width_16k/average_l0_70"
+    np_id = "gemma-2-2b/7-gemmascope-transcoder-16k"
+    assert rows == [[release, sae_id, "transcoder", "7", "16k", "70", "*", np_id]]
 
 
 def test_cli_help_does_not_import_torch():

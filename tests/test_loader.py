@@ -126,7 +126,11 @@ def test_attention_sae_reads_hook_z_head_major(hub, monkeypatch):
     sae = from_pretrained(entry.release, entry.sae_id)
     assert sae.cfg.metadata.hook_name == "blocks.1.attn.hook_z"
     assert sae.cfg.reshape_activations == "hook_z"
-    z = np.random.default_rng(5).standard_normal((2, 3, spec.n_heads, spec.d_head)).astype(np.float32)
+    z = (
+        np.random.default_rng(5)
+        .standard_normal((2, 3, spec.n_heads, spec.d_head))
+        .astype(np.float32)
+    )
     f_ref, x_hat_ref = jumprelu_reference(params, z.reshape(2, 3, -1))
     with torch.no_grad():
         out = sae(torch.from_numpy(z))
@@ -135,7 +139,9 @@ def test_attention_sae_reads_hook_z_head_major(hub, monkeypatch):
 
 
 def test_transcoder_with_output_hook_and_sae_lens_route(hub, monkeypatch):
-    entry = fabricate(monkeypatch, "gemma-scope-2b-pt-transcoders", "layer_2/width_16k/average_l0_49")
+    entry = fabricate(
+        monkeypatch, "gemma-scope-2b-pt-transcoders", "layer_2/width_16k/average_l0_49"
+    )
     params, _ = write_for(hub, entry, seed=6)
     tc = from_pretrained(entry.release, entry.sae_id)
     assert type(tc) is GemmaScopeTranscoder
@@ -172,7 +178,10 @@ def test_truncated_npz_gives_clear_error_and_no_cache(hub, monkeypatch):
 @pytest.mark.parametrize(
     "change, message",
     [
-        (lambda p: {**p, "W_enc": np.ascontiguousarray(p["W_enc"].T)}, r"W_enc is float32 \(40, 128\)"),
+        (
+            lambda p: {**p, "W_enc": np.ascontiguousarray(p["W_enc"].T)},
+            r"W_enc is float32 \(40, 128\)",
+        ),
         (lambda p: {**p, "b_dec": p["b_dec"].astype(np.float64)}, "b_dec is float64"),
         (lambda p: {k: v for k, v in p.items() if k != "threshold"}, "expected .*threshold"),
         (lambda p: {**p, "log_threshold": p["threshold"]}, "log_threshold"),
@@ -245,7 +254,10 @@ def test_offline_without_file_says_what_to_do(hub):
 def test_unknown_ids_suggest_the_closest(hub):
     with pytest.raises(UnknownSAEError, match="closest: average_l0_71"):
         gemma_scope_ext.from_pretrained("gemma-scope-2b-pt-res", "layer_20/width_16k/average_l0_70")
-    with pytest.raises(UnknownSAEError, match="unknown release 'gemma-scope-2b-res'; closest: gemma-scope-2b-pt-res"):
+    with pytest.raises(
+        UnknownSAEError,
+        match="unknown release 'gemma-scope-2b-res'; closest: gemma-scope-2b-pt-res",
+    ):
         gemma_scope_ext.from_pretrained("gemma-scope-2b-res", "layer_20/width_16k/average_l0_71")
 
 
@@ -276,7 +288,6 @@ def test_route_registration_is_idempotent_and_passes_other_repos_through():
     routed = _wrap(lambda *args: calls.append(args) or "stock")
     assert routed("someone/other-saes", "layer_3", "cpu", False, None) == "stock"
     assert calls == [("someone/other-saes", "layer_3", "cpu", False, None)]
-
 
 
 def test_cli_download_then_info(hub, monkeypatch, capsys):

@@ -44,7 +44,9 @@ COLUMNS = ["sae_id", "path", "site", "layer", "width", "l0", "neuronpedia_id", "
 def _model(size: str, variant: str) -> str:
     name = f"gemma-2-{size}" + ("-it" if variant == "it" else "")
     if name not in GEMMA2_MODELS:
-        raise ValueError(f"release for unknown model {name!r}; expected one of {list(GEMMA2_MODELS)}")
+        raise ValueError(
+            f"release for unknown model {name!r}; expected one of {list(GEMMA2_MODELS)}"
+        )
     return name
 
 
@@ -65,7 +67,9 @@ def _canonical_paths(rows: list[dict], aliases: dict[str, str]) -> set[str]:
     picks = set()
     for group in groups.values():
         best = min(abs(r["l0"] - CANONICAL_L0) for r in group)
-        tied = sorted((r for r in group if abs(r["l0"] - CANONICAL_L0) == best), key=lambda r: r["l0"])
+        tied = sorted(
+            (r for r in group if abs(r["l0"] - CANONICAL_L0) == best), key=lambda r: r["l0"]
+        )
         by_sae_lens = [r for r in tied if r["path"] in aliases.values()]
         picks.add((by_sae_lens or tied)[0]["path"])
     return picks
@@ -81,8 +85,10 @@ def build(yaml_path: Path) -> dict:
         if raw["repo_id"] != f"google/{name}":
             raise ValueError(f"{name}: repo_id {raw['repo_id']!r}, expected google/{name}")
         model = _model(size, variant)
-        rows = [_row(s["id"], s["path"], SITE_OF_REPO[repo_site], s.get("neuronpedia"))
-                for s in raw["saes"]]
+        rows = [
+            _row(s["id"], s["path"], SITE_OF_REPO[repo_site], s.get("neuronpedia"))
+            for s in raw["saes"]
+        ]
         for r in rows:
             if r["sae_id"] != r["path"]:
                 raise ValueError(f"{name}: id {r['sae_id']!r} differs from its path {r['path']!r}")
@@ -101,17 +107,27 @@ def build(yaml_path: Path) -> dict:
         for r in [*rows, *alias_rows]:
             r["canonical"] = r["path"] in picks
         kind = "transcoder" if repo_site == "transcoders" else "sae"
-        releases[name] = {"repo_id": raw["repo_id"], "model": model, "kind": kind,
-                          "alias_of": None, "rows": rows}
+        releases[name] = {
+            "repo_id": raw["repo_id"],
+            "model": model,
+            "kind": kind,
+            "alias_of": None,
+            "rows": rows,
+        }
         if alias_rows:
-            releases[f"{name}-canonical"] = {"repo_id": raw["repo_id"], "model": model,
-                                             "kind": kind, "alias_of": name, "rows": alias_rows}
+            releases[f"{name}-canonical"] = {
+                "repo_id": raw["repo_id"],
+                "model": model,
+                "kind": kind,
+                "alias_of": name,
+                "rows": alias_rows,
+            }
     return releases
 
 
 def dump(releases: dict, source: str) -> str:
     """JSON with one SAE per line, so regenerating gives a readable diff."""
-    out = ['{', f'  "source": {json.dumps(source)},', '  "releases": {']
+    out = ["{", f'  "source": {json.dumps(source)},', '  "releases": {']
     for i, (name, rel) in enumerate(releases.items()):
         head = {k: v for k, v in rel.items() if k != "rows"}
         out.append(f"    {json.dumps(name)}: {{")

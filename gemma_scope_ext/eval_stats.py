@@ -57,7 +57,8 @@ class RunningStats:
         t = target.double()
         err = (t - recon.to(t.device).double()).pow(2).sum(-1)  # [b, p]
         active = feats != 0
-        l0 = active.sum(-1)  # [b, p]
+        kd = keep.to(active.device)  # the SAE may sit on another device than the model
+        l0 = active.sum(-1).to(kf.device)  # [b, p]
         self.n_tokens += int(keep.sum())
         self.n_loss_tokens += int(kl.sum())
         self.sq_err += float((err * kf).sum())
@@ -71,7 +72,7 @@ class RunningStats:
             self.zero += float((zero.double() * kl).sum())
             self.mean += float((mean.double() * kl).sum())
         self.l0_hist += torch.bincount(l0[keep].cpu(), minlength=self.l0_hist.numel())
-        self.fires += active[keep].sum(0).cpu()
+        self.fires += active[kd].sum(0).cpu()
         pad = (0, 1)
         rows = torch.stack([
             kf.sum(0), (err * kf).sum(0), (l0 * kf).sum(0), F.pad(kl.sum(0), pad),

@@ -99,6 +99,7 @@ def reference(model, sae, tokens, hook_in, hook_out):
             "fvu": (((xs - rs) ** 2).sum() / ((xs - xs.mean(0)) ** 2).sum()).item(),
             "mse": ((xs - rs) ** 2).sum(-1).mean().item(),
             "l0": (feats[keep] != 0).sum(-1).double().mean().item(),
+            "l0_tokens": (feats[keep] != 0).sum(-1),
             "freq": (feats[keep] != 0).double().mean(0),
         }
 
@@ -120,6 +121,11 @@ def test_metrics_equal_plain_hooks(tiny_model, eval_tokens, site):
     torch.testing.assert_close(res.latent_frequency, ref["freq"])
     assert res.frac_dead == pytest.approx((ref["freq"] == 0).double().mean().item())
     assert res.frac_dead >= 5 / 192  # latents 0..4 were killed
+    assert res.frac_dense == pytest.approx((ref["freq"] > 0.1).double().mean().item())
+    assert 0 < res.frac_dense < 1 and 0 < res.frac_dead < 1
+    ranked = ref["l0_tokens"].sort().values
+    for q, got in zip([0.1, 0.5, 0.9], res.l0_quantiles([0.1, 0.5, 0.9]), strict=True):
+        assert got == ranked[math.ceil(q * len(ranked)) - 1]  # smallest L0 with CDF >= q
     assert res.n_tokens == int((~torch.isin(eval_tokens, SPECIAL)).sum())
     assert int(res.l0_histogram.sum()) == res.n_tokens
 

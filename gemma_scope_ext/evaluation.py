@@ -14,108 +14,17 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 
-from gemma_scope_ext.eval_stats import PositionProfile, RunningStats
+from gemma_scope_ext.eval_stats import EvalResult, PositionProfile, RunningStats
 
 __all__ = ["EvalResult", "PositionProfile", "evaluate", "evaluate_many", "site_means"]
 
 TokenSource = Tensor | Iterable[Tensor]
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    """One SAE (or transcoder) evaluated on one model and token set. Losses are nats per token."""
-
-    hook_name: str
-    """Hook the SAE reads."""
-    hook_name_out: str
-    """Hook its output replaces (differs from ``hook_name`` only for transcoders)."""
-    n_tokens: int
-    """Non-special tokens whose activations entered FVU, L0 and latent statistics."""
-    n_loss_tokens: int
-    """Next-token predictions that entered the losses (non-special tokens but the last of a row)."""
-    clean_loss: float
-    """Cross-entropy of the unmodified model."""
-    spliced_loss: float
-    """Cross-entropy with the SAE's output in place of the activation at ``hook_name_out``."""
-    zero_ablation_loss: float | None
-    """Cross-entropy with the site set to zero (None when ablations were not asked for)."""
-    mean_ablation_loss: float | None
-    """Cross-entropy with the site set to its mean over the evaluated tokens (or None)."""
-    fvu: float
-    """Fraction of variance unexplained: sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 over tokens."""
-    mse: float
-    """Mean over tokens of ||x - x_hat||^2 (summed over dimensions)."""
-    l0: float
-    """Mean number of active latents per token."""
-    l0_histogram: Int[Tensor, " d_sae_plus_1"]
-    """Tokens with exactly k active latents, for k = 0..d_sae."""
-    latent_frequency: Float[Tensor, " d_sae"]
-    """Fraction of tokens on which each latent is active."""
-    dense_threshold: float
-    """A latent active on more than this fraction of tokens counts as dense."""
-    by_position: PositionProfile
-    """The same metrics by sequence position."""
-
-    @property
-    def delta_loss(self) -> float:
-        """Spliced minus clean cross-entropy: the Gemma Scope report's delta LM loss."""
-        return self.spliced_loss - self.clean_loss
-
-    @property
-    def explained_variance(self) -> float:
-        """1 - FVU."""
-        return 1.0 - self.fvu
-
-    @property
-    def frac_dead(self) -> float:
-        """Fraction of latents never active on the evaluated tokens."""
-        return float((self.latent_frequency == 0).double().mean())
-
-    @property
-    def frac_dense(self) -> float:
-        """Fraction of latents active on more than ``dense_threshold`` of the tokens."""
-        return float((self.latent_frequency > self.dense_threshold).double().mean())
-
-    @property
-    def loss_recovered(self) -> float | None:
-        """(zero-ablation - spliced) / (zero-ablation - clean): SAELens's ``ce_loss_score``."""
-        if self.zero_ablation_loss is None:
-            return None
-        return (self.zero_ablation_loss - self.spliced_loss) / (
-            self.zero_ablation_loss - self.clean_loss
-        )
-
-    def l0_quantiles(self, qs: Sequence[float] = (0.1, 0.25, 0.5, 0.75, 0.9)) -> list[int]:
-        """L0 values below which the given fractions of tokens fall (from the histogram)."""
-        cdf = self.l0_histogram.double().cumsum(0) / max(self.n_tokens, 1)
-        return [int(torch.searchsorted(cdf, torch.tensor(q, dtype=torch.float64))) for q in qs]
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready summary (the full latent frequencies are left out; L0 is summarised)."""
-        hist = self.l0_histogram
-        last = int(hist.nonzero().max()) + 1 if hist.any() else 1
-        return {
-            "hook_name": self.hook_name, "hook_name_out": self.hook_name_out,
-            "d_sae": int(self.latent_frequency.numel()),
-            "n_tokens": self.n_tokens, "n_loss_tokens": self.n_loss_tokens,
-            "clean_loss": self.clean_loss, "spliced_loss": self.spliced_loss,
-            "delta_loss": self.delta_loss, "zero_ablation_loss": self.zero_ablation_loss,
-            "mean_ablation_loss": self.mean_ablation_loss, "loss_recovered": self.loss_recovered,
-            "fvu": self.fvu, "explained_variance": self.explained_variance, "mse": self.mse,
-            "l0": self.l0, "l0_quantiles": dict(zip(["p10", "p25", "p50", "p75", "p90"],
-                                                    self.l0_quantiles(), strict=True)),
-            "l0_histogram": hist[:last].tolist(),
-            "frac_dead": self.frac_dead, "frac_dense": self.frac_dense,
-            "dense_threshold": self.dense_threshold,
-            "by_position": self.by_position.to_dict(),
-        }  # fmt: skip
 
 
 class _Site(NamedTuple):

@@ -90,11 +90,13 @@ def plot_by_position(
         raise ValueError("no results to plot")
     plt = _pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 5.5), sharex=True)
+    first = []
     for name, res in results.items():
         b = position_buckets(res.by_position, edges)
-        # each bucket at its first position; symlog spreads the early tokens and allows 0
+        # each bucket at its first position; empty buckets (BOS at 0) are left out
         ok = (b.n_tokens > 0).tolist()
         x = [v for v, k in zip(b.start.tolist(), ok, strict=True) if k]
+        first += x[:1]
         top.plot(x, [v for v, k in zip(b.delta_loss.tolist(), ok, strict=True) if k],
                  marker="o", ms=3, label=name)
         bottom.plot(x, [v for v, k in zip(b.fvu.tolist(), ok, strict=True) if k],
@@ -103,10 +105,17 @@ def plot_by_position(
     top.set_ylabel("delta LM loss (nats)")
     bottom.set_ylabel("FVU share at position")
     bottom.set_xlabel("token position (first token of each bucket)")
-    if max(r.by_position.n_tokens.numel() for r in results.values()) > 32:
+    if max(r.by_position.n_tokens.numel() for r in results.values()) > 32 and first:
         from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-        bottom.set_xscale("symlog", linthresh=1)
+        # log spreads out the first tokens, where behaviour changes; symlog only if 0 is shown
+        lo = min(first)
+        if lo > 0:
+            bottom.set_xscale("log")
+            bottom.set_xlim(left=lo / 1.2)
+        else:
+            bottom.set_xscale("symlog", linthresh=1)
+            bottom.set_xlim(left=-0.2)
         bottom.xaxis.set_major_formatter(ScalarFormatter())
         bottom.xaxis.set_minor_formatter(NullFormatter())
     for ax in (top, bottom):

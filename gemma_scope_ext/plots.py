@@ -65,10 +65,10 @@ def plot_l0_vs_delta_loss(
     for name, x, y in zip(names, l0, dl, strict=True):
         ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     if min(l0) > 0 and max(l0) / min(l0) > 10:
-        from matplotlib.ticker import NullFormatter, ScalarFormatter
+        from matplotlib.ticker import FuncFormatter, NullFormatter
 
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xlabel("L0 (active latents per token)")
@@ -106,7 +106,7 @@ def plot_by_position(
     bottom.set_ylabel("FVU share at position")
     bottom.set_xlabel("token position (first token of each bucket)")
     if max(r.by_position.n_tokens.numel() for r in results.values()) > 32 and first:
-        from matplotlib.ticker import NullFormatter, ScalarFormatter
+        from matplotlib.ticker import FuncFormatter, NullFormatter
 
         # log spreads out the first tokens, where behaviour changes; symlog only if 0 is shown
         lo = min(first)
@@ -116,7 +116,7 @@ def plot_by_position(
         else:
             bottom.set_xscale("symlog", linthresh=1)
             bottom.set_xlim(left=-0.2)
-        bottom.xaxis.set_major_formatter(ScalarFormatter())
+        bottom.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         bottom.xaxis.set_minor_formatter(NullFormatter())
     for ax in (top, bottom):
         ax.grid(alpha=0.3)

@@ -328,6 +328,9 @@ def gemma_scope_transcoder_config(
     from gemma_scope_ext.sites import hook_name_out, site_d_out
 
     d_out = overrides.pop("d_out", None) or site_d_out(model_name, "transcoder")
+    # The base config's __post_init__ names the run after its SAE and would write that name into a
+    # caller's LoggingConfig; it gets its own default logger, and this config names the run.
+    logger = overrides.pop("logger", None)
     base = gemma_scope_sae_config(model_name, "transcoder", layer, d_sae, **overrides)
     out_hook = hook_name_out(model_name, "transcoder", layer)
     sae_cfg = GemmaScopeTrainingTranscoderConfig(
@@ -336,9 +339,7 @@ def gemma_scope_transcoder_config(
         metadata=SAEMetadata(hook_name=base.hook_name, hook_name_out=out_hook),
     )
     runner_fields = {f.name: getattr(base, f.name) for f in fields(base) if f.init}
-    # __post_init__ appends a fresh id to checkpoint_path and derives run_name from the SAE; the
-    # base config has done both already, so undo them here and let this config redo them.
+    runner_fields["logger"] = logger or replace(base.logger, run_name=None)
+    # __post_init__ appends a fresh id to checkpoint_path; pass the caller's path, not the base's.
     runner_fields["checkpoint_path"] = overrides.get("checkpoint_path", base.checkpoint_path)
-    runner_fields["logger"] = replace(base.logger, run_name=base.logger.run_name
-                                      if "logger" in overrides else None)  # fmt: skip
     return TranscoderRunnerConfig(**{**runner_fields, "sae": sae_cfg, "hook_name_out": out_hook})

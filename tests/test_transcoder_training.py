@@ -12,7 +12,7 @@ import copy
 import datasets
 import pytest
 import torch
-from sae_lens import SAE, HookedSAETransformer, JumpReLUTranscoder
+from sae_lens import SAE, HookedSAETransformer, JumpReLUTranscoder, LoggingConfig
 from sae_lens.saes.sae import TrainStepInput
 
 from gemma_scope_ext.text import sample_texts, sample_tokens
@@ -181,18 +181,27 @@ def objective(tc, x, y, lam) -> float:
         return float(tc.training_forward_pass(step).loss)
 
 
-def test_runner_trains_a_transcoder_end_to_end(tiny_model, dataset, tmp_path) -> None:
+def test_runner_trains_a_transcoder_end_to_end(tiny_model, dataset, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # logging on (so evals run), nothing sent
     torch.manual_seed(4)
     lam = 2e-3
+    logger = LoggingConfig(log_to_wandb=True, wandb_log_frequency=10, eval_every_n_wandb_logs=10)
     cfg = gemma_scope_transcoder_config(
         "tiny-gemma2", LAYER, 256, context_size=32, training_tokens=300 * 128,
         train_batch_size_tokens=128, store_batch_size_prompts=32, n_batches_in_buffer=16,
         l0_coefficient=lam, l0_warm_up_steps=50, lr=2e-3, lr_warm_up_steps=10,
-        output_path=str(tmp_path), n_eval_batches=2, eval_batch_size_prompts=8,
+        output_path=str(tmp_path), n_eval_batches=1, eval_batch_size_prompts=4, logger=logger,
     )  # fmt: skip
+    assert cfg.logger is logger and logger.run_name.startswith("gemma_scope_jumprelu_transcoder")
     runner = TranscoderTrainingRunner(cfg, override_model=tiny_model, override_dataset=dataset)
     initial = copy.deepcopy(runner.sae)
+    logged = []  # what SAETrainer receives from the runner's evaluator every 100 steps
+    evaluator = runner.evaluator
+    runner.evaluator = lambda *args: logged.append(evaluator(*args)) or logged[-1]
     trained = runner.run()
+    assert len(logged) == 3 and all(m["sparsity/eval_l0"] > 0 for m in logged)
+    assert {"model_performance_preservation/delta_ce_loss", "reconstruction_quality/fvu",
+            "model_performance_preservation/ce_loss_with_mean_ablation"} <= set(logged[-1])
 
     # The training objective on held-out pairs falls (same scalars, final lambda).
     held_out = make_store(tiny_model, datasets.Dataset.from_dict(
@@ -205,7 +214,7 @@ def test_runner_trains_a_transcoder_end_to_end(tiny_model, dataset, tmp_path) ->
 
     # Spliced in, it costs far less than removing the MLP.
     tokens = sample_tokens(tiny_model.tokenizer, 16, 32, "eval")
-    result = runner.evaluator.evaluate(trained, tokens)
+    result = evaluator.evaluate(trained, tokens)
     zero_delta = result.zero_ablation_loss - result.clean_loss
     assert result.delta_loss < 0.5 * zero_delta
     assert 0 < result.l0 < 256 and result.fvu < 1.0

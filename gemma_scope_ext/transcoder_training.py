@@ -86,8 +86,12 @@ class TranscoderRunnerConfig(LanguageModelSAERunnerConfig[Any]):
                 "stores one hook per dataset, and its multi-hook store reads no cache. Train from "
                 "the model (set use_cached_activations=False)"
             )
-        d_out = getattr(self.sae, "d_out", None)
-        if d_out is None:
+        if self.model_class_name == "AutoModelForCausalLM":
+            raise ValueError(
+                "transcoders read TransformerLens hooks (ln2.hook_normalized, hook_mlp_out); "
+                "model_class_name='AutoModelForCausalLM' has neither. Use 'HookedTransformer'"
+            )
+        if getattr(self.sae, "d_out", None) is None:
             raise ValueError(
                 f"cfg.sae is a {type(self.sae).__name__}, which has no d_out; expected a "
                 "transcoder training config such as GemmaScopeTrainingTranscoderConfig"
@@ -103,6 +107,7 @@ class TranscoderActivationsStore(ActivationsStore):
     """
 
     hook_name_out: str
+    d_out: int
 
     @classmethod
     def create(

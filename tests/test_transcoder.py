@@ -138,14 +138,19 @@ def test_decoder_gradient_has_no_component_along_rows() -> None:
     torch.testing.assert_close(radial, torch.zeros(D_SAE), atol=1e-6, rtol=0)
 
 
-def test_raw_space_forward_and_saved_artifact_agree_with_stock_sae_lens(tmp_path) -> None:
-    tc = make_training()
+@pytest.mark.parametrize("parametrisation", ["log", "raw"])
+def test_raw_space_forward_and_saved_artifact_agree_with_stock_sae_lens(
+    tmp_path, parametrisation
+) -> None:
+    tc = make_training(threshold_parametrisation=parametrisation)
     x, y = pairs()
     tc.training_forward_pass(step_input(x, y, 0.01))  # fixes the scalars
     with torch.no_grad():
         tc.W_dec.mul_(1.3)  # rows off the unit sphere, as after an optimiser step
         tc.b_dec.normal_()
         tc.b_enc.normal_(std=0.1)
+        if parametrisation == "raw":  # an optimiser step may leave raw thresholds below 0
+            tc.threshold[:5] = -0.5
     tc.eval()
     tc.cfg.metadata.hook_name = "blocks.2.ln2.hook_normalized"
     tc.cfg.metadata.hook_name_out = "blocks.2.hook_mlp_out"

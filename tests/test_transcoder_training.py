@@ -170,6 +170,9 @@ def test_config_names_both_hooks_and_rejects_cached_activations() -> None:
     assert (cfg.sae.d_in, cfg.sae.d_out, cfg.sae.d_sae) == (128, 128, 256)
     assert cfg.sae.metadata.hook_name_out == "blocks.2.hook_mlp_out"
     assert (cfg.lr, cfg.adam_beta1, cfg.exclude_special_tokens) == (7e-5, 0.0, True)
+    # The runner saves cfg.to_dict(); it must read back as the same transcoder config.
+    again = TranscoderRunnerConfig.from_dict(cfg.to_dict())
+    assert again.hook_name_out == cfg.hook_name_out and again.sae == cfg.sae
     with pytest.raises(ValueError, match="use_cached_activations"):
         TranscoderRunnerConfig(sae=cfg.sae, hook_name=HOOK_IN, hook_name_out=HOOK_OUT,
                                use_cached_activations=True, verbose=False)  # fmt: skip

@@ -38,6 +38,16 @@ from gemma_scope_ext.sites import SITES, Site, hook_name, hook_name_out, site_d_
 from gemma_scope_ext.splice import Splice, splice
 from gemma_scope_ext.steering import clamp, steer
 from gemma_scope_ext.text import sample_texts, sample_tokens
+from gemma_scope_ext.transcoder import (
+    GemmaScopeTrainingTranscoder,
+    GemmaScopeTrainingTranscoderConfig,
+    GemmaScopeTranscoder,
+    GemmaScopeTranscoderConfig,
+)
+from gemma_scope_ext.transcoder_training import (
+    TranscoderTrainingRunner,
+    gemma_scope_transcoder_config,
+)
 
 __all__ = [
     "AblationResult",
@@ -55,6 +65,12 @@ __all__ = [
     "logit_diff",
     "splice",
     "steer",
+    "GemmaScopeTranscoder",
+    "GemmaScopeTranscoderConfig",
+    "GemmaScopeTrainingTranscoder",
+    "GemmaScopeTrainingTranscoderConfig",
+    "TranscoderTrainingRunner",
+    "gemma_scope_transcoder_config",
     "EvalResult",
     "SweepResult",
     "TransferResult",

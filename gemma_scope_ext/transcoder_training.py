@@ -20,6 +20,7 @@ from sae_lens.config import HfDataset, LanguageModelSAERunnerConfig
 from sae_lens.llm_sae_training_runner import LanguageModelSAETrainingRunner
 from sae_lens.saes.sae import SAEMetadata
 from sae_lens.training.activations_store import ActivationsStore
+from sae_lens.training.prefetch import PrefetchingIterator
 from sae_lens.util import get_special_token_ids
 from torch import Tensor
 from transformer_lens.hook_points import HookedRootModule
@@ -200,7 +201,7 @@ class TranscoderEvaluator:
 
     model: HookedRootModule
     """The language model the transcoder is spliced into."""
-    activations_store: ActivationsStore
+    activations_store: TranscoderActivationsStore
     """Store whose token stream supplies the evaluation rows (as for SAELens's evaluator)."""
     n_eval_batches: int
     """Batches of prompts per evaluation."""
@@ -248,8 +249,6 @@ class TranscoderEvaluator:
         self, sae: Any, data_provider: Any = None, activation_scaler: Any = None
     ) -> dict[str, Any]:
         """SAELens's evaluator interface: metrics by wandb key."""
-        from sae_lens.training.prefetch import PrefetchingIterator
-
         # A prefetching data provider reads the same store from a thread; pause it meanwhile.
         paused = isinstance(data_provider, PrefetchingIterator)
         with data_provider.paused() if paused else nullcontext():

@@ -112,21 +112,28 @@ def test_linear_estimates_track_true_ablations(tiny_model, setup):
     # Full ablation leaves the linear regime but the ranking signal should survive.
     r_full, _, _ = corr(0.0)
     assert r_full > 0.9
-    # Ablating a set: the effect is close to the summed attributions of its members.
+    # Ablating a set: the effect is close to the summed attributions of its members. Downstream
+    # JumpReLU features can cross their thresholds, so allow 20% of the members' total magnitude.
     result = ablate(tiny_model, saes, tokens, metric, top[:4], scale=0.9)
-    assert result.effect == pytest.approx(0.1 * sum(r.attribution for r in top[:4]), rel=0.1)
+    scale_of = 0.1 * sum(abs(r.attribution) for r in top[:4])
+    assert abs(result.effect - 0.1 * sum(r.attribution for r in top[:4])) < 0.2 * scale_of
 
 
 def test_integrated_gradients_is_complete(tiny_model, setup):
     tokens, _, saes, metric = setup
-    table = integrated_gradients(tiny_model, saes[1:], tokens, metric, steps=10, progress=False)
-    assert {(c.site, c.layer) for c in table.completeness} == {
-        ("res", 1), ("mlp", 2), ("transcoder", 3)}
-    for c in table.completeness:
+    # Sites that add into the residual stream give smooth paths: a few nodes are enough.
+    table = integrated_gradients(tiny_model, saes[2:], tokens, metric, steps=8, progress=False)
+    # Zeroing the whole residual stream sends the next RMSNorms through their steep small-norm
+    # regime near alpha = 0, so that site needs more quadrature nodes.
+    res_table = integrated_gradients(tiny_model, saes[1:2], tokens, metric, steps=32,
+                                     progress=False)
+    checks = res_table.completeness + table.completeness
+    assert [(c.site, c.layer) for c in checks] == [("res", 1), ("mlp", 2), ("transcoder", 3)]
+    for c, t in zip(checks, [res_table, table, table], strict=True):
         assert abs(c.metric_change) > 1e-3
         assert c.attribution_sum == pytest.approx(c.metric_change, rel=0.01, abs=1e-4)
         # The rows of the site add up to the same sum.
-        site_sum = sum(r.attribution for r in table if (r.site, r.layer) == (c.site, c.layer))
+        site_sum = sum(r.attribution for r in t if (r.site, r.layer) == (c.site, c.layer))
         assert site_sum == pytest.approx(c.attribution_sum, rel=1e-4, abs=1e-6)
     # Checked against an independent measurement: with every node of the transcoder at zero, the
     # MLP output is the decoder bias alone.

@@ -239,3 +239,31 @@ def test_runner_trains_a_transcoder_end_to_end(tiny_model, dataset, tmp_path, mo
         hst.reset_saes()
         hst.add_sae(loaded, use_error_term=False)
         assert (hst(tokens) - clean).abs().max() > 1e-3  # the transcoder really was spliced
+
+
+def test_runner_handles_different_input_and_output_widths(tiny_model, dataset, tmp_path) -> None:
+    """Head outputs before W_O (d_attn 96) -> attention output (d_model 128): d_in != d_out."""
+    torch.manual_seed(5)
+    hook_in, hook_out = "blocks.0.attn.hook_z", "blocks.0.hook_attn_out"
+    sae = GemmaScopeTrainingTranscoderConfig(d_in=96, d_sae=64, d_out=128, l0_coefficient=1e-3)
+    cfg = TranscoderRunnerConfig(
+        sae=sae, model_name="tiny-gemma2", hook_name=hook_in, hook_name_out=hook_out,
+        is_dataset_tokenized=False, streaming=False, context_size=32, training_tokens=20 * 64,
+        train_batch_size_tokens=64, store_batch_size_prompts=8, n_batches_in_buffer=4,
+        exclude_special_tokens=True, lr=1e-3, output_path=str(tmp_path), checkpoint_path=None,
+        logger=LoggingConfig(log_to_wandb=False), verbose=False,
+    )  # fmt: skip
+    runner = TranscoderTrainingRunner(cfg, override_model=tiny_model, override_dataset=dataset)
+    pair = runner.activations_store.next_pair()
+    assert pair.x.shape == (64, 96) and pair.y.shape == (64, 128)
+    trained = runner.run()
+    loaded = SAE.load_from_disk(tmp_path)
+    assert (loaded.cfg.d_in, loaded.cfg.d_out) == (96, 128)
+    assert loaded.cfg.metadata.hook_name_out == hook_out
+    torch.testing.assert_close(loaded(pair.x), trained(pair.x).detach(), rtol=1e-5, atol=1e-5)
+    # The head outputs really are flattened hook_z rows: W_O maps them to the pre-norm output.
+    attn = tiny_model.blocks[0].attn
+    w_o = attn.W_O.reshape(96, 128)
+    with torch.no_grad():
+        attn_out = tiny_model.blocks[0].ln1_post((pair.x @ w_o + attn.b_O)[None])[0]
+    torch.testing.assert_close(attn_out, pair.y, rtol=1e-4, atol=1e-4)

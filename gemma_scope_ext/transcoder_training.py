@@ -5,6 +5,10 @@ pair (MLP input, MLP output) from the same tokens, so the store here captures bo
 forward pass with SAELens's multi-hook loader (one shuffle permutation for both, one special-token
 mask for both) and serves them packed side by side, ``[x | y]``; the training transcoder splits them.
 Everything else (optimiser, schedules, checkpoints, saving) is SAELens's, unchanged.
+
+SAELens's trainer calls the runner's evaluator only when it logs to wandb; ``TranscoderEvaluator``
+can also be called directly. Training from cached activations is not offered: SAELens's
+``CacheActivationsRunner`` writes a single hook per run and its multi-hook store reads no cache.
 """
 
 from __future__ import annotations

@@ -251,7 +251,7 @@ def test_runner_handles_different_input_and_output_widths(tiny_model, dataset, t
         is_dataset_tokenized=False, streaming=False, context_size=32, training_tokens=20 * 64,
         train_batch_size_tokens=64, store_batch_size_prompts=8, n_batches_in_buffer=4,
         exclude_special_tokens=True, lr=1e-3, output_path=str(tmp_path), checkpoint_path=None,
-        logger=LoggingConfig(log_to_wandb=False), verbose=False,
+        logger=LoggingConfig(log_to_wandb=False), verbose=False, model_from_pretrained_kwargs={},
     )  # fmt: skip
     runner = TranscoderTrainingRunner(cfg, override_model=tiny_model, override_dataset=dataset)
     pair = runner.activations_store.next_pair()

@@ -34,8 +34,8 @@ from gemma_scope_ext.transcoder_training import TranscoderTrainingRunner  # noqa
 
 LAYER = 1
 D_SAE = 512
-STEPS = 300
-BATCH_TOKENS = 256
+STEPS = 600
+BATCH_TOKENS = 512
 
 
 def main() -> None:
@@ -50,7 +50,7 @@ def main() -> None:
         "tiny-gemma2", LAYER, D_SAE,
         context_size=64, training_tokens=STEPS * BATCH_TOKENS,
         train_batch_size_tokens=BATCH_TOKENS, store_batch_size_prompts=32, n_batches_in_buffer=16,
-        l0_coefficient=2e-3, l0_warm_up_steps=100, lr=2e-3, lr_warm_up_steps=20,
+        l0_coefficient=1e-3, l0_warm_up_steps=200, lr=2e-3, lr_warm_up_steps=20,
         output_path=out_dir, n_eval_batches=4, eval_batch_size_prompts=8,
     )  # fmt: skip
     print(f"transcoder: {cfg.hook_name} -> {cfg.hook_name_out}, d_sae {D_SAE}, {STEPS} steps")

@@ -71,6 +71,22 @@ class _CaptureHookPoint(HookPoint):
         return out
 
 
+class _CleanValue(torch.autograd.Function):
+    """Forward: the clean activation exactly. Backward: the gradient of ``x_hat + error``."""
+
+    @staticmethod
+    def forward(spliced: Tensor, clean: Tensor) -> Tensor:
+        return clean.clone()
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return grad, None
+
+
 class SAEHookPoint(HookPoint):
     """Stands in for the HookPoint at an SAE's output hook and returns the SAE's output there.
 
@@ -119,7 +135,10 @@ class SAEHookPoint(HookPoint):
             feats = f_clean.clone()
             if grad and not feats.requires_grad:
                 feats.requires_grad_(True)
-        feats = self.hook_sae_acts_post(feats)
+        feats_version = feats._version
+        patched = self.hook_sae_acts_post(feats)
+        untouched = patched is feats and feats._version == feats_version
+        feats = patched
         out = sae.decode(feats).to(x.dtype)
         error = None
         if self.use_error_term:
@@ -128,8 +147,13 @@ class SAEHookPoint(HookPoint):
                 error = error.detach().requires_grad_(grad)
             elif grad and not error.requires_grad:
                 error.requires_grad_(True)
-            error = self.hook_sae_error(error)
+            error_version = error._version
+            patched = self.hook_sae_error(error)
+            untouched = untouched and patched is error and error._version == error_version
+            error = patched
             out = out + error
+            if untouched:  # x_hat + (x - x_hat) rounds; with nothing patched, pass x bit for bit
+                out = _CleanValue.apply(out, x_flat)
         self.nodes = SiteNodes(sae_in, feats, error)
         out = self.hook_sae_output(out)
         return out.view(x.shape) if x.ndim == 4 else out

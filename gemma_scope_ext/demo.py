@@ -62,7 +62,7 @@ def main(args: argparse.Namespace) -> int:
     # alone, and that the dataset is not pre-tokenised; both are deliberate here.
     logging.getLogger("sae_lens").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="sae_lens")
-    n_tokens = getattr(args, "tokens", 200_000)  # absent when called without the CLI parser
+    n_tokens = getattr(args, "tokens", 600_000)  # absent when called without the CLI parser
     model = tiny_gemma2()
     print(f"training a {D_SAE}-latent JumpReLU SAE on blocks.{LAYER}.hook_resid_post of the tiny "
           f"Gemma 2 ({n_tokens:,} tokens, Gemma Scope recipe)")  # fmt: skip
@@ -74,5 +74,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"\nheld-out ({result.n_tokens} tokens, BOS excluded): L0 {result.l0:.1f}  "
               f"FVU {result.fvu:.3f}  delta loss {result.delta_loss:+.3f} nats "
               f"(clean {result.clean_loss:.3f})")  # fmt: skip
+        print(f"for scale, replacing the residual stream there costs: zero-ablation "
+              f"{result.zero_ablation_loss - result.clean_loss:+.3f}, mean-ablation "
+              f"{result.mean_ablation_loss - result.clean_loss:+.3f} nats; the SAE recovers "
+              f"{result.loss_recovered:.1%} of the zero-ablation loss")  # fmt: skip
         _print_top_latents(model, sae, args.prompt)
     return 0

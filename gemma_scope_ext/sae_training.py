@@ -124,6 +124,17 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
             self.W_dec.data /= self.W_dec.data.norm(dim=-1, keepdim=True).clamp(min=1e-12)
 
     @torch.no_grad()
+    def complete_step(self) -> None:
+        """What follows each optimiser step: unit-norm decoder rows and raw thresholds >= 0.
+
+        Run before each training step and before saving: SAELens's stock encoder applies ReLU
+        before the gate, so only thresholds >= 0 give it the same outputs as this class.
+        """
+        self.renormalise_decoder()
+        if self.cfg.threshold_parametrisation == "raw":
+            self.threshold.data.clamp_(min=0.0)
+
+    @torch.no_grad()
     def fold_scales(self) -> None:
         """Fold the input and target scalars into the weights, in place; outputs do not change.
 
@@ -181,10 +192,7 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
     @override
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
         """One step of the recipe: loss = ||y - y_hat||^2 + lambda * L0 on scaled activations."""
-        self.renormalise_decoder()  # completes the previous optimiser step
-        if self.cfg.threshold_parametrisation == "raw":
-            with torch.no_grad():
-                self.threshold.data.clamp_(min=0.0)
+        self.complete_step()  # of the previous optimiser step
         x, target = self.training_batch(step_input.sae_in)
         self.estimate_scales(x, target)
         sae_in = self.process_sae_in(x)
@@ -251,11 +259,11 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
     def save_inference_model(self, path: Any) -> Any:
         """Save in SAELens's stock ``jumprelu`` format (loads without this package).
 
-        The final optimiser step's decoder renormalisation is applied first, in place.
+        The final optimiser step is completed first, in place (see ``complete_step``).
         """
         from gemma_scope_ext.sae_files import save_sae_files
 
-        self.renormalise_decoder()
+        self.complete_step()
         return save_sae_files(path, self.inference_state_dict(), self.cfg.get_inference_sae_cfg_dict())
 
 

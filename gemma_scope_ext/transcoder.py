@@ -211,19 +211,6 @@ class GemmaScopeTrainingTranscoder(GemmaScopeTrainingSAE):
         sae_in = self.run_time_activation_norm_fn_in(self.hook_sae_input(sae_in.to(self.dtype)))
         return sae_in * self.input_scale.to(self.dtype)
 
-    @override
-    def save_inference_model(self, path: Any) -> Any:
-        """Save as SAELens's stock ``jumprelu_transcoder`` (loads without this package).
-
-        A raw threshold pushed below 0 by the last optimiser step is clamped first, as the next
-        step would clamp it: SAELens's encoder applies ReLU before the gate, so only thresholds
-        >= 0 give it the same outputs.
-        """
-        if self.cfg.threshold_parametrisation == "raw":
-            with torch.no_grad():
-                self.threshold.data.clamp_(min=0.0)
-        return super().save_inference_model(path)
-
     def forward_with_activations(
         self, x: Float[Tensor, "... d_in"]
     ) -> tuple[Float[Tensor, "... d_out"], Float[Tensor, "... d_sae"]]:

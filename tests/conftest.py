@@ -34,3 +34,12 @@ def tiny_hf():
 def eval_tokens(tiny_model):
     """8 held-out rows of 64 tokens, each starting with BOS (longer than the sliding window)."""
     return sample_tokens(tiny_model.tokenizer, n_seqs=8, seq_len=64, split="eval")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of small-matrix tests: several threads only spin there."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

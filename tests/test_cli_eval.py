@@ -16,17 +16,10 @@ import gemma_scope_cli
 from gemma_scope_ext.evaluation import evaluate
 from gemma_scope_ext.text import sample_tokens
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 HOOK = "blocks.1.hook_resid_post"
 N_SEQS, SEQ_LEN = 6, 48
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Two cores shared by several processes: more threads only wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def pca_sae(x: torch.Tensor, k: int, hook: str) -> tuple[JumpReLUSAE, float]:

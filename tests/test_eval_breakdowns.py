@@ -23,17 +23,10 @@ from gemma_scope_ext.eval_stats import PositionProfile
 from gemma_scope_ext.evaluation import evaluate
 from gemma_scope_ext.text import sample_tokens
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 HOOK = "blocks.2.hook_resid_post"
 NAN = float("nan")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Two cores shared by several processes: more threads only wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def sae_with_l0(model, tokens, frac_active: float, seed: int = 0, hook: str = HOOK) -> JumpReLUSAE:

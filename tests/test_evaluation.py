@@ -14,14 +14,7 @@ from sae_lens.training.activation_scaler import ActivationScaler
 
 from gemma_scope_ext.evaluation import evaluate, evaluate_many, site_means
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Two cores shared by several processes: more threads only wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SPECIAL = torch.tensor([0, 1, 2])  # pad, eos, bos of the tiny tokenizer

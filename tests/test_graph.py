@@ -3,12 +3,12 @@ cached attention patterns and norm scales; pruning and JSON on a hand-built grap
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
 import torch
-from sae_lens import JumpReLUSAE, JumpReLUSAEConfig, JumpReLUTranscoder, JumpReLUTranscoderConfig
-from sae_lens.saes.sae import SAEMetadata
+from random_saes import random_jumprelu as _random_jumprelu
 
 from gemma_scope_ext.attribution import logit_diff
 from gemma_scope_ext.graph import FeatureGraph, GraphNode, feature_graph, pre_activations
@@ -16,30 +16,21 @@ from gemma_scope_ext.graph import FeatureGraph, GraphNode, feature_graph, pre_ac
 POS = 11
 
 
-def random_jumprelu(cache, hook, d_sae=32, hook_out=None, seed=0):
-    """A JumpReLU SAE (or transcoder) with random weights scaled to the activations at ``hook``."""
-    g = torch.Generator().manual_seed(seed)
-    x = cache[hook].flatten(-2) if hook.endswith("hook_z") else cache[hook]
-    d_in, rms = x.shape[-1], x.pow(2).mean().sqrt()
-    meta = SAEMetadata(hook_name=hook, hook_name_out=hook_out)
-    if hook_out:
-        sae = JumpReLUTranscoder(JumpReLUTranscoderConfig(
-            d_in=d_in, d_sae=d_sae, d_out=cache[hook_out].shape[-1], apply_b_dec_to_input=False,
-            metadata=meta))
-    else:
-        sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae, apply_b_dec_to_input=False,
-                                            metadata=meta))
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.randn(d_in, d_sae, generator=g) / (d_in**0.5 * rms))
-        sae.W_dec.copy_(torch.randn(d_sae, sae.W_dec.shape[1], generator=g) * rms * 0.3)
-        sae.threshold.fill_(1.0)
-        sae.b_enc.copy_(torch.randn(d_sae, generator=g) * 0.1)
-        sae.b_dec.copy_(torch.randn(sae.b_dec.shape[0], generator=g) * 0.1 * rms)
-    return sae
+def random_jumprelu(cache, hook, **kwargs):
+    """32 latents, not 64: the brute-force reference below costs one forward per source."""
+    return _random_jumprelu(cache, hook, **{"d_sae": 32, **kwargs})
 
 
 def _flat(x):
     return x.flatten(-2) if x.ndim == 4 else x
+
+
+def _flat_mode(sae):
+    """A copy that reads hook_z flattened, as the reference below feeds it."""
+    sae = copy.deepcopy(sae)
+    if getattr(sae, "hook_z_reshaping_mode", False):
+        sae.turn_off_forward_pass_hook_z_reshaping()
+    return sae
 
 
 class BruteForce:
@@ -47,7 +38,8 @@ class BruteForce:
     cache, every spliced site's output set to decode(features) + error from cached values."""
 
     def __init__(self, model, saes, tokens):
-        self.model, self.saes, self.tokens = model, saes, tokens
+        self.model, self.saes, self.tokens = model, [_flat_mode(s) for s in saes], tokens
+        saes = self.saes
         _, self.cache = model.run_with_cache(tokens)
         self.outs = {s.cfg.metadata.hook_name_out or s.cfg.metadata.hook_name: s for s in saes}
         self.values = {"hook_embed": self.cache["hook_embed"][0]}

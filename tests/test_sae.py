@@ -14,14 +14,7 @@ from gemma_scope_ext.plugin import register_with_sae_lens
 from gemma_scope_ext.sae import ARCHITECTURE, GemmaScopeSAE, GemmaScopeSAEConfig
 from gemma_scope_ext.sparse_decode import decode_active, use_sparse_decode
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small matrices: several threads on a shared 2-core machine only spin against each other.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _random_sae(d_in=16, d_sae=64, seed=0, hook="blocks.0.hook_resid_post", **cfg_kwargs):

@@ -14,13 +14,7 @@ from sae_lens.saes.sae import SAEMetadata, TrainingSAE, TrainStepInput
 import gemma_scope_ext  # noqa: F401  (registers the architecture)
 from gemma_scope_ext.sae_training import GemmaScopeTrainingSAE, GemmaScopeTrainingSAEConfig
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _sae(d_in=6, d_sae=10, seed=0, **cfg):
@@ -222,6 +216,7 @@ def test_zero_batch_is_refused_with_a_reason():
 _STOCK_LOAD = """
 import sys, torch
 from sae_lens import SAE
+
 sae = SAE.load_from_disk(sys.argv[1])
 x = torch.load(sys.argv[2])
 with torch.no_grad():

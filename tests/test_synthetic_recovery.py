@@ -23,6 +23,8 @@ from sae_lens.training.sae_trainer import SAETrainer
 
 from gemma_scope_ext.sae_training import GemmaScopeTrainingSAE, GemmaScopeTrainingSAEConfig
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 D_IN, N_TRUE, D_SAE, P_FIRE = 48, 64, 128, 0.05
 STEPS, BATCH, LR = 1200, 512, 1e-2
 LAMBDA = 3e-3  # on inputs scaled to E||x||^2 = 1
@@ -67,14 +69,6 @@ def _fit(sae, beta1: float) -> Recovery:
 @pytest.fixture(scope="module")
 def mean_sq_norm() -> float:
     return next(_data(seed=1)).pow(2).sum(-1).mean().item()
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_recipe_recovers_true_features_at_least_as_well_as_sae_lens(mean_sq_norm):

@@ -93,10 +93,25 @@ class GemmaScopeSAE(JumpReLUSAE):
         model_name: str | None = None,
         device: str = "cpu",
         dtype: str = "float32",
+        embedding_scale: float | None = None,
         **metadata,
     ) -> GemmaScopeSAE:
-        """An SAE holding the given ``W_enc, W_dec, b_enc, b_dec, threshold`` (e.g. a params.npz)."""
+        """An SAE holding the given ``W_enc, W_dec, b_enc, b_dec, threshold`` (e.g. a params.npz).
+
+        At ``hook_embed`` say what the weights expect: ``embedding_scale=sqrt(d_model)`` for a
+        released Gemma Scope embedding SAE (trained on unscaled embeddings; TransformerLens's
+        ``hook_embed`` is scaled), ``1.0`` for weights already made for ``hook_embed``.
+        """
         from sae_lens.saes.sae import SAEMetadata
+
+        if hook_name == "hook_embed":
+            if embedding_scale is None:
+                raise ValueError(
+                    "hook_embed carries embeddings scaled by sqrt(d_model), but Gemma Scope's "
+                    "embedding SAEs were trained on unscaled ones: pass embedding_scale="
+                    "sqrt(d_model) for released weights, or 1.0 if they already expect hook_embed"
+                )
+            params = rescale_for_hook_embed(params, embedding_scale)
 
         expected = {"W_enc", "W_dec", "b_enc", "b_dec", "threshold"}
         if set(params) != expected:
@@ -122,3 +137,14 @@ class GemmaScopeSAE(JumpReLUSAE):
             for name, value in params.items():
                 getattr(sae, name).copy_(torch.as_tensor(value))
         return sae
+
+
+def rescale_for_hook_embed(params: dict[str, Tensor], scale: float) -> dict[str, Tensor]:
+    """Weights for inputs ``scale`` times larger: x_hat(scale * e) = scale * x_hat(e).
+
+    TransformerLens's ``hook_embed`` multiplies Gemma's embeddings by ``scale = sqrt(d_model)``;
+    Gemma Scope's embedding SAEs saw them unscaled. ``W_enc / s``, ``W_dec * s`` and ``b_dec * s``
+    (SAELens 6.54 forgets ``b_dec``); ``b_enc`` and the thresholds are unchanged.
+    """
+    return {**params, "W_enc": params["W_enc"] / scale, "W_dec": params["W_dec"] * scale,
+            "b_dec": params["b_dec"] * scale}  # fmt: skip

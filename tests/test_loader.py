@@ -8,6 +8,7 @@ the embedded tiny Gemma 2, so shapes come from the tiny model's spec instead of 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -207,7 +208,32 @@ def test_pickled_arrays_are_refused(hub, monkeypatch):
         from_pretrained(entry.release, entry.sae_id)
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage_header", "stale_source"])
+def rewrite_header(path, change):
+    """Replace the safetensors JSON header of ``path`` by ``change(header)``, same length."""
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    text = json.dumps(change(json.loads(raw[8 : 8 + n])), separators=(",", ":")).encode()
+    assert len(text) <= n
+    path.write_bytes(raw[:8] + text.ljust(n) + raw[8 + n :])
+
+
+def swap_offsets(header):
+    # b_enc and threshold have the same shape: a swap keeps every size check happy.
+    header["b_enc"]["data_offsets"], header["threshold"]["data_offsets"] = (
+        header["threshold"]["data_offsets"], header["b_enc"]["data_offsets"])
+    return header
+
+
+HEADER_DAMAGE = {
+    "missing_offsets": lambda h: {**h, "W_enc": {k: v for k, v in h["W_enc"].items()
+                                                 if k != "data_offsets"}},
+    "header_is_a_list": lambda h: [h["__metadata__"]],
+    "swapped_offsets": swap_offsets,
+}
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage_header", "stale_source", "flipped_bytes",
+                                    *HEADER_DAMAGE])
 def test_bad_cache_file_is_rebuilt_not_trusted(hub, monkeypatch, damage):
     entry = fabricate(monkeypatch, "gemma-scope-2b-pt-res", "layer_3/width_16k/average_l0_59")
     params, npz = write_for(hub, entry, seed=8)
@@ -218,6 +244,12 @@ def test_bad_cache_file_is_rebuilt_not_trusted(hub, monkeypatch, damage):
         cached.write_bytes(cached.read_bytes()[:-100])
     elif damage == "garbage_header":
         cached.write_bytes(b"\xff" * 64 + cached.read_bytes()[64:])
+    elif damage == "flipped_bytes":  # bit rot inside the data: sizes and header all intact
+        raw = bytearray(cached.read_bytes())
+        raw[-40:-32] = bytes(b ^ 0xFF for b in raw[-40:-32])
+        cached.write_bytes(bytes(raw))
+    elif damage in HEADER_DAMAGE:
+        rewrite_header(cached, HEADER_DAMAGE[damage])
     else:  # same commit, new npz bytes (e.g. force_download): the copy must not be reused
         params, npz = write_for(hub, entry, seed=9)
     sae = from_pretrained(entry.release, entry.sae_id)

@@ -172,3 +172,20 @@ def test_from_params_rejects_wrong_shapes():
     del params["b_dec"]
     with pytest.raises(ValueError, match="must hold exactly"):
         GemmaScopeSAE.from_params(params)
+
+
+def test_embedding_weights_need_an_explicit_scale():
+    """Released embedding SAEs saw unscaled embeddings; hook_embed holds s * e, s = sqrt(d_model)."""
+    _, params = _random_sae()
+    with pytest.raises(ValueError, match="embedding_scale"):
+        GemmaScopeSAE.from_params(params, hook_name="hook_embed")
+    s = 4.0
+    released = GemmaScopeSAE.from_params(params, hook_name="blocks.0.hook_resid_post")
+    on_hook = GemmaScopeSAE.from_params(params, hook_name="hook_embed", embedding_scale=s)
+    e = torch.randn(7, 16) * 2
+    with torch.no_grad():  # the same latents, and the reconstruction of s * e is s * x_hat(e)
+        torch.testing.assert_close(on_hook.encode(s * e), released.encode(e))
+        torch.testing.assert_close(on_hook(s * e), s * released(e))
+        assert released.encode(e).count_nonzero() > 0
+    as_is = GemmaScopeSAE.from_params(params, hook_name="hook_embed", embedding_scale=1.0)
+    torch.testing.assert_close(as_is.W_dec, released.W_dec)

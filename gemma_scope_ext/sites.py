@@ -63,7 +63,7 @@ def _site(site: str) -> Site:
 def _format(model: str | Gemma2Spec | Any, site: Site, template: str, layer: int | None) -> str:
     spec = get_spec(model)
     if not site.per_layer:
-        if layer not in (None, 0):
+        if layer is not None:
             raise ValueError(f"site {site.name!r} has no layers; pass layer=None, got {layer!r}")
         return template
     if layer is None or isinstance(layer, bool) or not isinstance(layer, int):

@@ -83,8 +83,9 @@ def test_bad_input_names_the_valid_values():
         hook_name("gemma-2-2b", "res", -1)
     with pytest.raises(ValueError, match="needs an integer layer"):
         hook_name("gemma-2-2b", "mlp")
-    with pytest.raises(ValueError, match="has no layers"):
-        hook_name("gemma-2-2b", "embedding", 3)
+    for layer in (0, 3):
+        with pytest.raises(ValueError, match="has no layers"):
+            hook_name("gemma-2-2b", "embedding", layer)
     with pytest.raises(ValueError, match="cannot read a Gemma 2 spec"):
         get_spec(3)
 

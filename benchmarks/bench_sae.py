@@ -1,6 +1,6 @@
 """Throughput of the Gemma Scope SAE against SAELens's ``jumprelu`` in the same process.
 
-    python -m benchmarks.bench_sae [--device cuda] [--batch 1024] [--repeats 3]
+    python -m benchmarks.bench_sae [--device cuda] [--batch 1024] [--repeats 7]
 
 Prints a markdown table: training steps (forward, backward, clipping, Adam, with the recipe's
 gradient projection and renormalisation) and inference forward passes at Gemma Scope's sparsity
@@ -35,17 +35,22 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _time(fn: Callable[[], object], repeats: int, device: str) -> float:
-    """Median seconds per call, after one warm-up call."""
-    fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def _time(
+    ours: Callable[[], object], theirs: Callable[[], object], repeats: int, device: str
+) -> tuple[float, float]:
+    """Median seconds per call of each, after a warm-up call, timed alternately (ABAB...) so that
+    drift in the machine's speed (other processes, clocks) falls on both sides alike."""
+    times: tuple[list[float], list[float]] = ([], [])
+    for fn in (ours, theirs):
         fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    for _ in range(repeats):
+        for fn, out in zip((ours, theirs), times, strict=True):
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            out.append(time.perf_counter() - start)
+    return tuple(sorted(t)[len(t) // 2] for t in times)  # type: ignore[return-value]
 
 
 def _train_step_fn(sae, x: torch.Tensor) -> Callable[[], None]:
@@ -90,8 +95,9 @@ def bench(device: str, batch: int, repeats: int) -> list[tuple[str, str, float, 
         theirs_t = JumpReLUTrainingSAE(
             JumpReLUTrainingSAEConfig(d_in=d_in, d_sae=d_sae, device=device)
         ).to(device)
-        t_ours = _time(_train_step_fn(ours_t, x), repeats, device)
-        t_theirs = _time(_train_step_fn(theirs_t, x), repeats, device)
+        t_ours, t_theirs = _time(
+            _train_step_fn(ours_t, x), _train_step_fn(theirs_t, x), repeats, device
+        )
         rows.append(("training step", size, batch / t_ours, batch / t_theirs))
         del ours_t, theirs_t
 
@@ -99,8 +105,7 @@ def bench(device: str, batch: int, repeats: int) -> list[tuple[str, str, float, 
         with torch.no_grad():
             l0 = (ours.encode(x) > 0).float().sum(-1).mean().item()
             torch.testing.assert_close(ours(x), theirs(x), rtol=1e-4, atol=1e-4)
-            t_ours = _time(lambda: ours(x), repeats, device)  # noqa: B023
-            t_theirs = _time(lambda: theirs(x), repeats, device)  # noqa: B023
+            t_ours, t_theirs = _time(lambda: ours(x), lambda: theirs(x), repeats, device)  # noqa: B023
         rows.append((f"inference (L0 {l0:.0f})", size, batch / t_ours, batch / t_theirs))
     return rows
 
@@ -109,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=1024, help="tokens per step")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args(argv)
     rows = bench(args.device, args.batch, args.repeats)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"

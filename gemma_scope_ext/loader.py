@@ -34,6 +34,7 @@ from sae_lens.saes.sae import SAE, SAEMetadata
 
 from gemma_scope_ext.catalog import CatalogEntry, get_entry
 from gemma_scope_ext.models import get_spec
+from gemma_scope_ext.sae import PARAM_NAMES, rescale_for_hook_embed
 
 __all__ = [
     "PARAM_NAMES",
@@ -48,8 +49,6 @@ __all__ = [
     "read_params_npz",
 ]
 
-PARAM_NAMES = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
-"""Arrays in every Gemma Scope params.npz (all float32)."""
 
 CONTEXT_SIZE = 1024
 """Gemma Scope trained on sequences of 1024 tokens, BOS included."""
@@ -192,7 +191,9 @@ def _cache_is_valid(path: Path, entry: CatalogEntry, tag: dict[str, str]) -> boo
                 return False
             header = json.loads(f.read(n))
             meta = header.pop("__metadata__")
-            if sorted(header) != sorted(PARAM_NAMES) or any(meta.get(k) != v for k, v in tag.items()):
+            if sorted(header) != sorted(PARAM_NAMES):
+                return False
+            if any(meta.get(key) != value for key, value in tag.items()):
                 return False
             spans = sorted((*header[k]["data_offsets"], k) for k in PARAM_NAMES)
             end = 0
@@ -294,8 +295,6 @@ def hook_ready_params(
     """Weights as the SAE uses them on its TransformerLens hook (embedding SAEs rescaled)."""
     if entry.site != "embedding":
         return dict(params)
-    from gemma_scope_ext.sae import rescale_for_hook_embed
-
     return rescale_for_hook_embed(params, math.sqrt(get_spec(entry.model).d_model))
 
 

@@ -22,10 +22,20 @@ from typing_extensions import override
 
 from gemma_scope_ext.sparse_decode import decode_active, use_sparse_decode
 
-__all__ = ["ARCHITECTURE", "GemmaScopeSAE", "GemmaScopeSAEConfig"]
+__all__ = [
+    "ARCHITECTURE",
+    "PARAM_NAMES",
+    "GemmaScopeSAE",
+    "GemmaScopeSAEConfig",
+    "jumprelu_widths",
+    "rescale_for_hook_embed",
+]
 
 ARCHITECTURE = "gemma_scope_jumprelu"
 """The name the SAE and its training class are registered under in SAELens."""
+
+PARAM_NAMES = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
+"""The arrays of a JumpReLU SAE or transcoder, and of every Gemma Scope params.npz."""
 
 
 @dataclass
@@ -113,20 +123,12 @@ class GemmaScopeSAE(JumpReLUSAE):
                 )
             params = rescale_for_hook_embed(params, embedding_scale)
 
-        expected = {"W_enc", "W_dec", "b_enc", "b_dec", "threshold"}
-        if set(params) != expected:
+        d_in, d_sae, d_out = jumprelu_widths(params)
+        if d_out != d_in:
             raise ValueError(
-                f"Gemma Scope params must hold exactly {sorted(expected)}, got {sorted(params)}"
+                f"an SAE reconstructs its input: W_dec has shape {(d_sae, d_out)}, expected "
+                f"{(d_sae, d_in)} for W_enc {(d_in, d_sae)} (use GemmaScopeTranscoder for d_out)"
             )
-        d_in, d_sae = params["W_enc"].shape
-        shapes = {"W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,),
-                  "threshold": (d_sae,)}  # fmt: skip
-        for name, shape in shapes.items():
-            if tuple(params[name].shape) != shape:
-                raise ValueError(
-                    f"{name} has shape {tuple(params[name].shape)}, expected {shape} for "
-                    f"W_enc of shape {(d_in, d_sae)}"
-                )
         reshape = "hook_z" if hook_name is not None and hook_name.endswith("hook_z") else "none"
         cfg = GemmaScopeSAEConfig(
             d_in=d_in, d_sae=d_sae, dtype=dtype, device=device, reshape_activations=reshape,
@@ -137,6 +139,25 @@ class GemmaScopeSAE(JumpReLUSAE):
             for name, value in params.items():
                 getattr(sae, name).copy_(torch.as_tensor(value))
         return sae
+
+
+def jumprelu_widths(params: dict[str, Tensor]) -> tuple[int, int, int]:
+    """``(d_in, d_sae, d_out)`` of a JumpReLU SAE's or transcoder's arrays, checked for consistency."""
+    if set(params) != set(PARAM_NAMES):
+        raise ValueError(
+            f"JumpReLU params must hold exactly {sorted(PARAM_NAMES)}, got {sorted(params)}"
+        )
+    d_in, d_sae = params["W_enc"].shape
+    d_out = params["W_dec"].shape[-1]
+    shapes = {"W_dec": (d_sae, d_out), "b_enc": (d_sae,), "b_dec": (d_out,),
+              "threshold": (d_sae,)}  # fmt: skip
+    for name, shape in shapes.items():
+        if tuple(params[name].shape) != shape:
+            raise ValueError(
+                f"{name} has shape {tuple(params[name].shape)}, expected {shape} for W_enc "
+                f"{(d_in, d_sae)} and W_dec {tuple(params['W_dec'].shape)}"
+            )
+    return d_in, d_sae, d_out
 
 
 def rescale_for_hook_embed(params: dict[str, Tensor], scale: float) -> dict[str, Tensor]:

@@ -23,6 +23,7 @@ from sae_lens.saes.transcoder import JumpReLUTranscoder, JumpReLUTranscoderConfi
 from torch import Tensor, nn
 from typing_extensions import override
 
+from gemma_scope_ext.sae import jumprelu_widths
 from gemma_scope_ext.sae_training import GemmaScopeTrainingSAE, GemmaScopeTrainingSAEConfig
 
 __all__ = [
@@ -35,9 +36,6 @@ __all__ = [
 
 ARCHITECTURE = "gemma_scope_jumprelu_transcoder"
 """The name the transcoder and its training class are registered under in SAELens."""
-
-_PARAM_NAMES = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
-
 
 @dataclass
 class GemmaScopeTranscoderConfig(JumpReLUTranscoderConfig):
@@ -88,20 +86,7 @@ class GemmaScopeTranscoder(JumpReLUTranscoder):
         **metadata,
     ) -> GemmaScopeTranscoder:
         """A transcoder holding ``W_enc, W_dec, b_enc, b_dec, threshold`` (e.g. a params.npz)."""
-        if set(params) != set(_PARAM_NAMES):
-            raise ValueError(
-                f"transcoder params must hold exactly {sorted(_PARAM_NAMES)}, got {sorted(params)}"
-            )
-        d_in, d_sae = params["W_enc"].shape
-        d_out = params["W_dec"].shape[-1]
-        shapes = {"W_dec": (d_sae, d_out), "b_enc": (d_sae,), "b_dec": (d_out,),
-                  "threshold": (d_sae,)}  # fmt: skip
-        for name, shape in shapes.items():
-            if tuple(params[name].shape) != shape:
-                raise ValueError(
-                    f"{name} has shape {tuple(params[name].shape)}, expected {shape} for W_enc "
-                    f"{(d_in, d_sae)} and W_dec {tuple(params['W_dec'].shape)}"
-                )
+        d_in, d_sae, d_out = jumprelu_widths(params)
         cfg = GemmaScopeTranscoderConfig(
             d_in=d_in, d_sae=d_sae, d_out=d_out, dtype=dtype, device=device,
             metadata=SAEMetadata(hook_name=hook_name, hook_name_out=hook_name_out,

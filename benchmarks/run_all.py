@@ -16,6 +16,7 @@ from datetime import date
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+NOTES = "## Notes"
 
 
 def machine() -> str:
@@ -49,7 +50,10 @@ def main(names: list[str]) -> int:
         if run.returncode != 0:
             print(run.stderr, file=sys.stderr)
             return run.returncode
-        sections.append(f"## {name}\n\n{run.stdout.strip()}\n")
+        table = "\n".join(  # TransformerLens announces device moves on stdout
+            line for line in run.stdout.splitlines() if not line.startswith("Moving model to")
+        )
+        sections.append(f"## {name}\n\n{table.strip()}\n")
     header = (
         "# Benchmark results\n\n"
         f"Recorded {date.today().isoformat()} by `make bench` on: {machine()}.\n"
@@ -57,8 +61,10 @@ def main(names: list[str]) -> int:
         "carry over between machines.\n\n"
     )
     out = HERE / "RESULTS.md"
+    old = out.read_text() if out.exists() else ""
+    notes = old[old.index(NOTES) :] if NOTES in old else ""  # hand-written, kept across runs
     with tempfile.NamedTemporaryFile("w", dir=HERE, delete=False, suffix=".tmp") as f:
-        f.write(header + "\n".join(sections))
+        f.write(header + "\n".join(sections) + ("\n" + notes if notes else ""))
     os.replace(f.name, out)
     print(f"wrote {out}")
     return 0

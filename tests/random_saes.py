@@ -28,3 +28,14 @@ def random_jumprelu(cache, hook, d_sae=64, hook_out=None, seed=0):
         sae.b_enc.copy_(torch.randn(d_sae, generator=g) * 0.1)
         sae.b_dec.copy_(torch.randn(sae.b_dec.shape[0], generator=g) * 0.1 * rms)
     return sae
+
+
+def four_site_saes(cache):
+    """One SAE at each kind of site on the tiny model: att (hook_z), res, mlp, and a transcoder."""
+    return [
+        random_jumprelu(cache, "blocks.0.attn.hook_z", seed=1),
+        random_jumprelu(cache, "blocks.1.hook_resid_post", seed=2),
+        random_jumprelu(cache, "blocks.2.hook_mlp_out", seed=3),
+        random_jumprelu(cache, "blocks.3.ln2.hook_normalized", hook_out="blocks.3.hook_mlp_out",
+                        seed=4),
+    ]

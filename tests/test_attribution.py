@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from random_saes import random_jumprelu
+from random_saes import four_site_saes, random_jumprelu
 
 from gemma_scope_ext.attribution import (
     ablate,
@@ -22,13 +22,7 @@ POS = 20  # metric position: past the sliding window of 16, so global and local 
 def setup(tiny_model, eval_tokens):
     tokens = eval_tokens[:1, :24]
     _, cache = tiny_model.run_with_cache(tokens)
-    saes = [
-        random_jumprelu(cache, "blocks.0.attn.hook_z", seed=1),
-        random_jumprelu(cache, "blocks.1.hook_resid_post", seed=2),
-        random_jumprelu(cache, "blocks.2.hook_mlp_out", seed=3),
-        random_jumprelu(cache, "blocks.3.ln2.hook_normalized", hook_out="blocks.3.hook_mlp_out",
-                        seed=4),
-    ]
+    saes = four_site_saes(cache)
     metric = log_prob(POS, int(tokens[0, POS + 1]))
     return tokens, cache, saes, metric
 

@@ -7,31 +7,30 @@ mask for both) and serves them packed side by side, ``[x | y]``; the training tr
 Everything else (optimiser, schedules, checkpoints, saving) is SAELens's, unchanged.
 
 SAELens's trainer calls the runner's evaluator only when it logs to wandb; ``TranscoderEvaluator``
-can also be called directly. Training from cached activations is not offered: SAELens's
-``CacheActivationsRunner`` writes a single hook per run and its multi-hook store reads no cache.
+(in ``transcoder_eval``) can also be called directly. Training from cached activations is not
+offered: SAELens's ``CacheActivationsRunner`` writes a single hook per run and its multi-hook store
+reads no cache.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass, fields, replace
 from typing import Any, NamedTuple
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from sae_lens.config import HfDataset, LanguageModelSAERunnerConfig
 from sae_lens.llm_sae_training_runner import LanguageModelSAETrainingRunner
 from sae_lens.saes.sae import SAEMetadata
 from sae_lens.training.activations_store import ActivationsStore
-from sae_lens.training.prefetch import PrefetchingIterator
 from sae_lens.util import get_special_token_ids
 from torch import Tensor
 from transformer_lens.hook_points import HookedRootModule
 from typing_extensions import override
 
-from gemma_scope_ext.evaluation import EvalResult, evaluate
 from gemma_scope_ext.transcoder import GemmaScopeTrainingTranscoderConfig
+from gemma_scope_ext.transcoder_eval import TranscoderEvaluator
 
 __all__ = [
     "PairedBatch",
@@ -192,84 +191,6 @@ class TranscoderActivationsStore(ActivationsStore):
     def next_pair(self) -> PairedBatch:
         """The next training batch, split into input and target."""
         return split_pairs(next(self), self.d_in)
-
-
-@dataclass
-class TranscoderEvaluator:
-    """The runner's evaluator: splices the transcoder at ``hook_name_out`` with ``evaluate``.
-
-    SAELens's ``run_evals`` would encode and splice at the input hook and report wrong numbers for a
-    transcoder; this measures delta LM loss, FVU against the target, L0, and the losses with the MLP
-    output zero- and mean-ablated, on token batches drawn from the training store.
-    """
-
-    model: HookedRootModule
-    """The language model the transcoder is spliced into."""
-    activations_store: TranscoderActivationsStore
-    """Store whose token stream supplies the evaluation rows (as for SAELens's evaluator)."""
-    n_eval_batches: int
-    """Batches of prompts per evaluation."""
-    eval_batch_size_prompts: int | None
-    """Prompts per batch; None uses the store's batch size."""
-
-    def __post_init__(self) -> None:
-        if self.n_eval_batches < 1:
-            raise ValueError(f"n_eval_batches must be >= 1, got {self.n_eval_batches}")
-
-    @property
-    def batch_size(self) -> int:
-        """Prompts per evaluation batch."""
-        return self.eval_batch_size_prompts or self.activations_store.store_batch_size_prompts
-
-    def eval_tokens(self) -> Int[Tensor, "n_seqs context"]:
-        """The next ``n_eval_batches`` batches of rows from the store's token stream."""
-        store = self.activations_store
-        return torch.cat([store.get_batch_tokens(self.batch_size) for _ in range(self.n_eval_batches)])
-
-    @torch.no_grad()
-    def evaluate(self, transcoder: Any, tokens: Tensor | None = None) -> EvalResult:
-        """The full ``EvalResult`` for ``transcoder`` on ``tokens`` (default: fresh store rows).
-
-        Special tokens are those the store excludes, or BOS/EOS/pad when it excludes none.
-        """
-        store = self.activations_store
-        meta = transcoder.cfg.metadata
-        for key, hook in (("hook_name", store.hook_name), ("hook_name_out", store.hook_name_out)):
-            if meta.get(key) is None:
-                meta[key] = hook  # trained on the store's hooks, so that is where it belongs
-            elif meta[key] != hook:
-                raise ValueError(
-                    f"the transcoder's metadata.{key} is {meta[key]!r} but the store reads "
-                    f"{hook!r}; evaluate it with a store for its own hooks"
-                )
-        tokens = self.eval_tokens() if tokens is None else tokens
-        excluded = store.exclude_special_tokens
-        return evaluate(
-            self.model, transcoder, tokens, batch_size=self.batch_size, progress=False,
-            special_token_ids=None if excluded is None else excluded.tolist(),
-        )  # fmt: skip
-
-    def __call__(
-        self, sae: Any, data_provider: Any = None, activation_scaler: Any = None
-    ) -> dict[str, Any]:
-        """SAELens's evaluator interface: metrics by wandb key."""
-        # A prefetching data provider reads the same store from a thread; pause it meanwhile.
-        paused = isinstance(data_provider, PrefetchingIterator)
-        with data_provider.paused() if paused else nullcontext():
-            r = self.evaluate(sae)
-        return {
-            "model_performance_preservation/ce_loss_without_sae": r.clean_loss,
-            "model_performance_preservation/ce_loss_with_sae": r.spliced_loss,
-            "model_performance_preservation/ce_loss_with_ablation": r.zero_ablation_loss,
-            "model_performance_preservation/ce_loss_with_mean_ablation": r.mean_ablation_loss,
-            "model_performance_preservation/delta_ce_loss": r.delta_loss,
-            "model_performance_preservation/ce_loss_score": r.loss_recovered,
-            "reconstruction_quality/fvu": r.fvu,
-            "reconstruction_quality/explained_variance": r.explained_variance,
-            "reconstruction_quality/mse": r.mse,
-            "sparsity/eval_l0": r.l0,
-            "sparsity/eval_frac_dead": r.frac_dead,
-        }
 
 
 class TranscoderTrainingRunner(LanguageModelSAETrainingRunner):

@@ -35,11 +35,18 @@ def gemma_scope_sae_config(
 
     spec = get_spec(model_name)
     hook = hook_name(spec, site, layer)
-    sae_fields = {f.name for f in fields(GemmaScopeTrainingSAEConfig)}
+    derived = {"d_in", "d_sae", "reshape_activations"} & set(overrides)
+    if derived:
+        raise ValueError(
+            f"{sorted(derived)} follow from the site and d_sae; pass d_sae as an argument "
+            "and leave the rest to the mapping table"
+        )
+    # device and dtype name fields of both configs: they go to both.
+    device, dtype = overrides.get("device", "cpu"), overrides.get("dtype", "float32")
+    sae_fields = {f.name for f in fields(GemmaScopeTrainingSAEConfig)} - {"device", "dtype"}
     sae_kwargs = {k: overrides.pop(k) for k in list(overrides) if k in sae_fields}
-    device = overrides.get("device", "cpu")
     sae_cfg = GemmaScopeTrainingSAEConfig(
-        d_in=site_d_in(spec, site), d_sae=d_sae, dtype="float32", device=device,
+        d_in=site_d_in(spec, site), d_sae=d_sae, dtype=dtype, device=device,
         reshape_activations="hook_z" if hook.endswith("hook_z") else "none",
         **sae_kwargs,
     )  # fmt: skip
@@ -59,7 +66,7 @@ def gemma_scope_sae_config(
         "adam_beta2": 0.999,
         "lr_scheduler_name": "constant",
         "lr_warm_up_steps": 1000,
-        "dtype": "float32",
+        "dtype": dtype,
         "device": device,
         "logger": LoggingConfig(log_to_wandb=False),
         "checkpoint_path": None,

@@ -280,3 +280,24 @@ def test_runner_trains_offline_on_the_tiny_model(tiny_model, tmp_path):
     assert stock["type"] == "JumpReLUSAE"
     torch.testing.assert_close(stock["acts"], acts, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(stock["out"], ours, rtol=1e-4, atol=1e-4)
+
+
+def test_runner_config_for_gemma_2_2b_on_another_device_and_dtype():
+    """The lines users change for a GPU run: device and dtype reach both the runner and the SAE."""
+    from gemma_scope_ext import gemma_scope_sae_config, gemma_scope_transcoder_config
+
+    cfg = gemma_scope_sae_config("gemma-2-2b", "att", 12, 16384, device="meta", dtype="bfloat16",
+                                 dataset_path="monology/pile-uncopyrighted", streaming=True,
+                                 l0_coefficient=1e-3)  # fmt: skip
+    assert (cfg.device, cfg.sae.device, cfg.dtype, cfg.sae.dtype) == ("meta", "meta", "bfloat16",
+                                                                      "bfloat16")  # fmt: skip
+    assert (cfg.hook_name, cfg.sae.d_in, cfg.sae.d_sae) == ("blocks.12.attn.hook_z", 2048, 16384)
+    assert cfg.sae.reshape_activations == "hook_z" and cfg.sae.l0_coefficient == 1e-3
+    assert (cfg.lr, cfg.adam_beta1, cfg.adam_beta2, cfg.context_size) == (7e-5, 0.0, 0.999, 1024)
+    tc = gemma_scope_transcoder_config("gemma-2-2b", 5, 16384, device="meta")
+    assert (tc.device, tc.sae.device) == ("meta", "meta")
+    assert (tc.hook_name, tc.hook_name_out) == ("blocks.5.ln2.hook_normalized", "blocks.5.hook_mlp_out")
+    with pytest.raises(ValueError, match="follow from the site"):
+        gemma_scope_sae_config("gemma-2-2b", "res", 12, 16384, d_in=10)
+    with pytest.raises(ValueError, match="unknown settings"):
+        gemma_scope_sae_config("gemma-2-2b", "res", 12, 16384, learning_rate=1e-3)

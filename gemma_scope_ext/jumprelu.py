@@ -37,18 +37,22 @@ def _sum_to_shape(grad: Tensor, shape: torch.Size) -> Tensor:
     return grad.sum(dim=dims, keepdim=True) if dims else grad
 
 
-class Step(torch.autograd.Function):
-    """H(z - theta), with the rectangle-kernel pseudo-gradient for theta and none for z."""
-
-    @staticmethod
-    def forward(z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:  # noqa: ARG004
-        return (z > threshold).to(z.dtype)
+class _ThresholdSTE(torch.autograd.Function):
+    """Shared by both estimators: backward needs z, the threshold and the bandwidth."""
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Tensor, Tensor, float], output: Tensor) -> None:
         z, threshold, bandwidth = inputs
         ctx.save_for_backward(z, threshold)
         ctx.bandwidth = bandwidth
+
+
+class Step(_ThresholdSTE):
+    """H(z - theta), with the rectangle-kernel pseudo-gradient for theta and none for z."""
+
+    @staticmethod
+    def forward(z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:  # noqa: ARG004
+        return (z > threshold).to(z.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[None, Tensor, None]:  # type: ignore[override]
@@ -58,18 +62,12 @@ class Step(torch.autograd.Function):
         return None, _sum_to_shape(grad_threshold, threshold.shape), None
 
 
-class JumpReLU(torch.autograd.Function):
+class JumpReLU(_ThresholdSTE):
     """z * H(z - theta): the exact gradient H(z - theta) for z, the kernel estimate for theta."""
 
     @staticmethod
     def forward(z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:  # noqa: ARG004
         return z * (z > threshold).to(z.dtype)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Tensor, Tensor, float], output: Tensor) -> None:
-        z, threshold, bandwidth = inputs
-        ctx.save_for_backward(z, threshold)
-        ctx.bandwidth = bandwidth
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, Tensor, None]:  # type: ignore[override]

@@ -15,7 +15,7 @@ def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="run the main job on the embedded tiny Gemma 2 (offline)")
     p.add_argument("--prompt", default="Return the number of items in the list.")
     p.add_argument("--tokens", type=int, default=600_000, help="training tokens for the SAE")
-    p.set_defaults(handler="gemma_scope_ext.demo:main")
+    p.set_defaults(handler="gemma_scope_ext.cli.demo:main")
 
 
 def _add_list(sub) -> None:
@@ -26,14 +26,14 @@ def _add_list(sub) -> None:
     p.add_argument("--width", help="number of latents or a label such as 16k, 1m")
     p.add_argument("--l0", type=float, help="keep the SAE with the nearest average L0 per site")
     p.add_argument("--canonical", action="store_true", help="only the canonical SAEs (L0 nearest 100)")
-    p.set_defaults(handler="gemma_scope_ext.commands_registry:list_saes")
+    p.set_defaults(handler="gemma_scope_ext.cli.catalog:list_saes")
 
 
 def _add_info(sub) -> None:
     p = sub.add_parser("info", help="show what is known about one Gemma Scope SAE")
     p.add_argument("release", help="e.g. gemma-scope-2b-pt-res")
     p.add_argument("sae_id", help="e.g. layer_20/width_16k/average_l0_71")
-    p.set_defaults(handler="gemma_scope_ext.commands_registry:info")
+    p.set_defaults(handler="gemma_scope_ext.cli.catalog:info")
 
 
 def _add_download(sub) -> None:
@@ -42,7 +42,7 @@ def _add_download(sub) -> None:
     p.add_argument("sae_id", help="e.g. layer_20/width_16k/average_l0_71")
     p.add_argument("--revision", help="branch, tag or commit of the Hugging Face repo")
     p.add_argument("--force", action="store_true", help="download again even if cached")
-    p.set_defaults(handler="gemma_scope_ext.commands_registry:download")
+    p.set_defaults(handler="gemma_scope_ext.cli.catalog:download")
 
 
 def _add_eval(sub) -> None:
@@ -65,7 +65,7 @@ def _add_eval(sub) -> None:
                    help="skip the zero- and mean-ablation losses")
     p.add_argument("--out", default="gemma_scope_eval", help="folder for eval.json and PNGs")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(handler="gemma_scope_ext.commands_eval:main")
+    p.set_defaults(handler="gemma_scope_ext.cli.eval:main")
 
 SUBCOMMANDS = [_add_demo, _add_list, _add_info, _add_download, _add_eval]
 

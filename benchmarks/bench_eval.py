@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from gemma_scope_ext.evaluation import evaluate, evaluate_many
-from gemma_scope_ext.gemma2 import load_gemma2
-from gemma_scope_ext.text import sample_tokens
+from gemma_scope_ext.evals.metrics import evaluate, evaluate_many
+from gemma_scope_ext.models.loading import load_gemma2
+from gemma_scope_ext.models.text import sample_tokens
 
 KS = (4, 16, 32, 64)
 

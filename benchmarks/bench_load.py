@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
         import gemma_scope_ext
-        from gemma_scope_ext.sae_lens_route import original_loader
+        from gemma_scope_ext.pretrained.sae_lens_route import original_loader
 
         get_pretrained_saes_directory()  # parse SAELens's yaml once, outside the timings
         stock_loader = original_loader("gemma_2")

@@ -23,8 +23,8 @@ from sae_lens.saes.jumprelu_sae import (
 from sae_lens.saes.sae import TrainStepInput
 from tqdm.auto import tqdm
 
-from gemma_scope_ext.sae import GemmaScopeSAE, GemmaScopeSAEConfig
-from gemma_scope_ext.sae_training import GemmaScopeTrainingSAE, GemmaScopeTrainingSAEConfig
+from gemma_scope_ext.saes.sae import GemmaScopeSAE, GemmaScopeSAEConfig
+from gemma_scope_ext.training.sae import GemmaScopeTrainingSAE, GemmaScopeTrainingSAEConfig
 
 SIZES = [(256, 2048), (2304, 16384)]
 TARGET_L0 = 70

@@ -9,7 +9,24 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["register_with_sae_lens"]
+from gemma_scope_ext.pretrained.sae_lens_route import register_sae_lens_route
+from gemma_scope_ext.saes import sae, transcoder
+from gemma_scope_ext.training.config import GemmaScopeTrainingSAEConfig
+from gemma_scope_ext.training.sae import GemmaScopeTrainingSAE
+from gemma_scope_ext.training.transcoder import (
+    GemmaScopeTrainingTranscoder,
+    GemmaScopeTrainingTranscoderConfig,
+)
+
+__all__ = ["ARCHITECTURES", "register_with_sae_lens"]
+
+ARCHITECTURES = (
+    (sae.ARCHITECTURE, (sae.GemmaScopeSAE, sae.GemmaScopeSAEConfig),
+     (GemmaScopeTrainingSAE, GemmaScopeTrainingSAEConfig)),
+    (transcoder.ARCHITECTURE, (transcoder.GemmaScopeTranscoder, transcoder.GemmaScopeTranscoderConfig),
+     (GemmaScopeTrainingTranscoder, GemmaScopeTrainingTranscoderConfig)),
+)  # fmt: skip
+"""(SAELens architecture name, (inference class, config), (training class, config)) per class."""
 
 
 def _register(architecture: str, cls: Any, cfg_cls: Any, training: bool) -> None:
@@ -29,19 +46,8 @@ def _register(architecture: str, cls: Any, cfg_cls: Any, training: bool) -> None
 
 
 def register_with_sae_lens() -> None:
-    """Register the Gemma Scope JumpReLU SAE (inference and training) with SAELens."""
-    from gemma_scope_ext.sae import ARCHITECTURE, GemmaScopeSAE, GemmaScopeSAEConfig
-    from gemma_scope_ext.sae_training import GemmaScopeTrainingSAE, GemmaScopeTrainingSAEConfig
-
-    _register(ARCHITECTURE, GemmaScopeSAE, GemmaScopeSAEConfig, training=False)
-    _register(ARCHITECTURE, GemmaScopeTrainingSAE, GemmaScopeTrainingSAEConfig, training=True)
-
-    from gemma_scope_ext import transcoder as tc
-
-    _register(tc.ARCHITECTURE, tc.GemmaScopeTranscoder, tc.GemmaScopeTranscoderConfig, False)
-    _register(tc.ARCHITECTURE, tc.GemmaScopeTrainingTranscoder,
-              tc.GemmaScopeTrainingTranscoderConfig, training=True)  # fmt: skip
-
-    from gemma_scope_ext.sae_lens_route import register_sae_lens_route
-
+    """Register the Gemma Scope JumpReLU SAE and transcoder (inference and training) with SAELens."""
+    for architecture, inference, training in ARCHITECTURES:
+        _register(architecture, *inference, training=False)
+        _register(architecture, *training, training=True)
     register_sae_lens_route()

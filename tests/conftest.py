@@ -13,8 +13,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from gemma_scope_ext.gemma2 import tiny_gemma2, tiny_gemma2_hf  # noqa: E402
-from gemma_scope_ext.text import sample_tokens  # noqa: E402
+from gemma_scope_ext.models.loading import tiny_gemma2, tiny_gemma2_hf  # noqa: E402
+from gemma_scope_ext.models.text import sample_tokens  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -12,9 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TUTORIALS = sorted((ROOT / "tutorials").glob("*.py"))
 
 
-def run(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+def run(args: list[str]) -> subprocess.CompletedProcess:
     done = subprocess.run(
-        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True
     )
     assert done.returncode == 0, f"{args} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done

@@ -1,4 +1,4 @@
-"""Build ``gemma_scope_ext/data/catalog.json`` from SAELens's bundled ``pretrained_saes.yaml``.
+"""Build ``gemma_scope_ext/pretrained/data/catalog.json`` from SAELens's bundled ``pretrained_saes.yaml``.
 
 SAELens's yaml is the only offline list of released Gemma Scope ids. This keeps the Gemma Scope 1
 (Gemma 2) releases and, for each id, records what the path says (layer, width, average L0), the site
@@ -32,10 +32,10 @@ from pathlib import Path
 import sae_lens
 import yaml
 
-from gemma_scope_ext.catalog import CANONICAL_L0, WIDTHS, parse_sae_path
-from gemma_scope_ext.models import GEMMA2_MODELS
+from gemma_scope_ext.models.gemma2 import GEMMA2_MODELS
+from gemma_scope_ext.pretrained.catalog import CANONICAL_L0, WIDTHS, parse_sae_path
 
-OUT = Path(__file__).resolve().parents[1] / "gemma_scope_ext" / "data" / "catalog.json"
+OUT = Path(__file__).resolve().parents[1] / "gemma_scope_ext" / "pretrained" / "data" / "catalog.json"
 RELEASE = re.compile(r"^gemma-scope-(2b|9b|27b)-(pt|it)-(res|mlp|att|transcoders)(-canonical)?$")
 SITE_OF_REPO = {"res": "res", "mlp": "mlp", "att": "att", "transcoders": "transcoder"}
 COLUMNS = ["sae_id", "path", "site", "layer", "width", "l0", "neuronpedia_id", "canonical"]

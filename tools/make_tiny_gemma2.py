@@ -1,6 +1,6 @@
 """Build the embedded tiny Gemma 2: corpus, tokenizer, and a briefly trained model.
 
-Writes into ``gemma_scope_ext/data/``:
+Writes into ``gemma_scope_ext/models/data/``:
   docstrings.jsonl.gz   the corpus: docstrings of this Python's standard library (PSF licence),
                         read with ``ast`` (nothing is imported), split into train and eval.
   tiny_gemma2/          a Hugging Face ``Gemma2ForCausalLM`` (config.json, model.safetensors) and
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-DATA = Path(__file__).resolve().parents[1] / "gemma_scope_ext" / "data"
+DATA = Path(__file__).resolve().parents[1] / "gemma_scope_ext" / "models" / "data"
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>"]
 SKIP_DIRS = {"test", "tests", "idlelib", "lib2to3", "site-packages", "ensurepip", "turtledemo"}
 

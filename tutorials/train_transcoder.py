@@ -30,7 +30,7 @@ from gemma_scope_ext import (  # noqa: E402
     sample_tokens,
     tiny_gemma2,
 )
-from gemma_scope_ext.transcoder_training import TranscoderTrainingRunner  # noqa: E402
+from gemma_scope_ext.training import TranscoderTrainingRunner  # noqa: E402
 
 LAYER = 1
 D_SAE = 512

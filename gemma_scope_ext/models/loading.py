@@ -1,0 +1,135 @@
+"""Loading models as unprocessed TransformerLens ``HookedTransformer``s: embedded tiny ones and real ones.
+
+Gemma Scope's SAEs read raw activations, so nothing is folded or centred. Each family says how its
+Hugging Face config and weights become TransformerLens's (``Family.tl_config`` and
+``Family.convert_weights``); this module only dispatches on the family.
+
+The tiny models (``tiny_gemma2()``) are Hugging Face models with the real architecture at toy size
+(for Gemma 2: 4 layers, GQA, sliding window 16, soft caps, query_pre_attn_scalar != head_dim),
+trained briefly on Python standard-library docstrings by ``tools/make_tiny_gemma2.py``. They go
+through TransformerLens's own weight conversion, exactly the code path real weights take.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from gemma_scope_ext.models.families import family_of, get_family, get_spec, tiny_dir
+from gemma_scope_ext.models.gemma2 import TINY_MODEL_NAME
+
+__all__ = [
+    "hooked_from_hf",
+    "load_gemma2",
+    "load_model",
+    "tiny_gemma2",
+    "tiny_gemma2_hf",
+    "tiny_model",
+    "tiny_model_hf",
+    "tiny_tokenizer",
+]
+
+
+def tiny_tokenizer(name: str = TINY_MODEL_NAME):
+    """A tiny model's Gemma-style tokenizer (pad 0, eos 1, bos 2, unk 3, byte fallback)."""
+    from transformers import AutoTokenizer
+
+    # name_or_path is the folder, so TransformerLens can re-open it with add_bos_token=True.
+    return AutoTokenizer.from_pretrained(str(tiny_dir(name)))
+
+
+def tiny_model_hf(name: str = TINY_MODEL_NAME, dtype: torch.dtype = torch.float32):
+    """A tiny model as a Hugging Face causal LM (eager attention, for soft-capping)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        str(tiny_dir(name)), attn_implementation="eager", dtype=dtype
+    )
+    return model.eval()
+
+
+def hooked_from_hf(hf_model: Any, tokenizer: Any = None, *, dtype=torch.float32, device="cpu"):
+    """Convert an HF model of a known family with TransformerLens's conversion, unprocessed.
+
+    No LayerNorm folding or weight centring: activations are raw, as Gemma Scope saw them.
+    """
+    from transformer_lens import HookedTransformer
+
+    family = family_of(hf_model.config.architectures[0])
+    cfg = family.tl_config(hf_model.config, dtype=dtype, device=device)
+    state_dict = family.convert_weights(hf_model, cfg)
+    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    model.load_and_process_state_dict(
+        state_dict,
+        fold_ln=False,
+        center_writing_weights=False,
+        center_unembed=False,
+        fold_value_biases=False,
+        refactor_factored_attn_matrices=False,
+    )
+    return model.to(device).eval()
+
+
+def tiny_model(
+    name: str = TINY_MODEL_NAME,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+):
+    """An embedded tiny model as a ``HookedTransformer`` with its tokenizer; offline, ~1 s."""
+    hf = tiny_model_hf(name, dtype)
+    return hooked_from_hf(hf, tiny_tokenizer(name), dtype=dtype, device=str(device))
+
+
+def tiny_gemma2(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """The embedded tiny Gemma 2 as a ``HookedTransformer`` with its tokenizer; offline, ~1 s."""
+    return tiny_model(TINY_MODEL_NAME, device, dtype)
+
+
+def tiny_gemma2_hf(dtype: torch.dtype = torch.float32):
+    """The tiny Gemma 2 as a Hugging Face ``Gemma2ForCausalLM`` (eager attention)."""
+    return tiny_model_hf(TINY_MODEL_NAME, dtype)
+
+
+def load_model(
+    name: str,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    **kwargs: Any,
+):
+    """A model of any known family as an unprocessed ``HookedTransformer``.
+
+    ``name`` is a released model (``gemma-2-2b``) or an embedded tiny one (``tiny-gemma2``). Weights
+    come from the Hugging Face hub or its local cache; extra keyword arguments (e.g.
+    ``first_n_layers``) go to TransformerLens.
+    """
+    spec = get_spec(name)
+    family = get_family(spec.family)
+    if spec.name == family.tiny_model:
+        return tiny_model(spec.name, device or "cpu", dtype)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return family.load_pretrained(spec, device=device, dtype=dtype, **kwargs)
+    except OSError as err:  # HF raises OSError subclasses when offline or unauthorised
+        raise RuntimeError(
+            f"could not load {spec.hf_name}: it is neither downloadable now nor in the Hugging Face "
+            "cache. Gemma models are gated: accept the licence on huggingface.co, log in "
+            f"(`hf auth login`) and run once online, or use the embedded {family.tiny_model} "
+            f"offline. Cause: {type(err).__name__}: {err}"
+        ) from err
+
+
+def load_gemma2(
+    name: str = "gemma-2-2b",
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    **kwargs: Any,
+):
+    """A Gemma 2 as an unprocessed ``HookedTransformer`` (``from_pretrained_no_processing``).
+
+    ``name`` is a key of ``GEMMA2_MODELS`` or ``"tiny-gemma2"``; see :func:`load_model`.
+    """
+    spec = get_spec(name)
+    if spec.family != "gemma2":
+        raise ValueError(f"{name!r} is a {spec.family} model, not Gemma 2; use load_model({name!r})")
+    return load_model(name, device, dtype, **kwargs)

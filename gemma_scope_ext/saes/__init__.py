@@ -1,0 +1,24 @@
+"""Gemma Scope's JumpReLU maths and its SAE and transcoder for inference, as SAELens classes."""
+
+from gemma_scope_ext.saes.jumprelu import JumpReLU, Step, jumprelu, rectangle, step
+from gemma_scope_ext.saes.params import PARAM_NAMES, jumprelu_widths, rescale_for_hook_embed
+from gemma_scope_ext.saes.sae import GemmaScopeSAE, GemmaScopeSAEConfig
+from gemma_scope_ext.saes.sparse_decode import decode_active, use_sparse_decode
+from gemma_scope_ext.saes.transcoder import GemmaScopeTranscoder, GemmaScopeTranscoderConfig
+
+__all__ = [
+    "PARAM_NAMES",
+    "GemmaScopeSAE",
+    "GemmaScopeSAEConfig",
+    "GemmaScopeTranscoder",
+    "GemmaScopeTranscoderConfig",
+    "JumpReLU",
+    "Step",
+    "decode_active",
+    "jumprelu",
+    "jumprelu_widths",
+    "rectangle",
+    "rescale_for_hook_embed",
+    "step",
+    "use_sparse_decode",
+]

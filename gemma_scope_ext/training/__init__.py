@@ -1,0 +1,41 @@
+"""Training with the Gemma Scope recipe: training classes, configs, runner configs, paired store, saving."""
+
+from gemma_scope_ext.training.config import GemmaScopeTrainingSAEConfig
+from gemma_scope_ext.training.decoder_grad import remove_parallel_grad
+from gemma_scope_ext.training.paired_store import (
+    PairedBatch,
+    TranscoderActivationsStore,
+    split_pairs,
+)
+from gemma_scope_ext.training.runner_config import (
+    TranscoderRunnerConfig,
+    gemma_scope_sae_config,
+    gemma_scope_token_budget,
+    gemma_scope_transcoder_config,
+)
+from gemma_scope_ext.training.sae import GemmaScopeTrainingSAE
+from gemma_scope_ext.training.saving import save_sae_files
+from gemma_scope_ext.training.transcoder import (
+    GemmaScopeTrainingTranscoder,
+    GemmaScopeTrainingTranscoderConfig,
+)
+from gemma_scope_ext.training.transcoder_eval import TranscoderEvaluator
+from gemma_scope_ext.training.transcoder_runner import TranscoderTrainingRunner
+
+__all__ = [
+    "GemmaScopeTrainingSAE",
+    "GemmaScopeTrainingSAEConfig",
+    "GemmaScopeTrainingTranscoder",
+    "GemmaScopeTrainingTranscoderConfig",
+    "PairedBatch",
+    "TranscoderActivationsStore",
+    "TranscoderEvaluator",
+    "TranscoderRunnerConfig",
+    "TranscoderTrainingRunner",
+    "gemma_scope_sae_config",
+    "gemma_scope_token_budget",
+    "gemma_scope_transcoder_config",
+    "remove_parallel_grad",
+    "save_sae_files",
+    "split_pairs",
+]

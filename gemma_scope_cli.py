@@ -11,10 +11,23 @@ import importlib
 import sys
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1, refused at parse time with the value shown."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="run the main job on the embedded tiny Gemma 2 (offline)")
-    p.add_argument("--prompt", default="Return the number of items in the list.")
-    p.add_argument("--tokens", type=int, default=600_000, help="training tokens for the SAE")
+    p.add_argument("--prompt", default="Return the number of items in the list.",
+                   help="text whose tokens' strongest latents are printed at the end")
+    p.add_argument("--tokens", type=positive_int, default=600_000,
+                   help="training tokens for the SAE (default 600,000)")
     p.set_defaults(handler="gemma_scope_ext.cli.demo:main")
 
 
@@ -22,7 +35,7 @@ def _add_list(sub) -> None:
     p = sub.add_parser("list", help="list Gemma Scope releases, or the SAEs matching filters")
     p.add_argument("--model", help="e.g. gemma-2-2b, gemma-2-9b-it")
     p.add_argument("--site", help="res, mlp, att, embedding or transcoder")
-    p.add_argument("--layer", type=int)
+    p.add_argument("--layer", type=int, help="block index, e.g. 20")
     p.add_argument("--width", help="number of latents or a label such as 16k, 1m")
     p.add_argument("--l0", type=float, help="keep the SAE with the nearest average L0 per site")
     p.add_argument("--canonical", action="store_true", help="only the canonical SAEs (L0 nearest 100)")
@@ -54,10 +67,12 @@ def _add_eval(sub) -> None:
     p.add_argument("--dataset", action="append", metavar="NAME[:SPLIT]",
                    help="docstrings (built in, offline) or a Hugging Face dataset with a text "
                         "column; repeat for several (default: docstrings)")
-    p.add_argument("--n-seqs", type=int, default=32, help="rows of tokens per dataset")
-    p.add_argument("--seq-len", type=int, default=128, help="tokens per row, BOS included")
-    p.add_argument("--batch-size", type=int, default=8, help="rows per forward pass")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--n-seqs", type=positive_int, default=32, help="rows of tokens per dataset")
+    p.add_argument("--seq-len", type=positive_int, default=128,
+                   help="tokens per row, BOS included (at least 2)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="rows per forward pass")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="model and SAE precision; metrics are accumulated in float64 either way")
     p.add_argument("--device", default=None, help="default: cuda when available (cpu for tiny)")
     p.add_argument("--dense-threshold", type=float, default=0.1,
                    help="latents firing on more than this fraction of tokens count as dense")
@@ -86,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     module, func = args.handler.split(":")
     try:
         return int(getattr(importlib.import_module(module), func)(args) or 0)
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, KeyError, OSError, RuntimeError) as err:
         print(f"gemma-scope {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -18,7 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "remove_stale_temporaries", "write_json", "write_text"]
+__all__ = [
+    "atomic_write",
+    "check_writable_dir",
+    "remove_stale_temporaries",
+    "write_json",
+    "write_text",
+]
 
 TMP_SUFFIX = ".tmp"
 
@@ -59,6 +65,27 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
     """Write ``obj`` as JSON atomically; NaN and infinities are refused (they are not JSON)."""
     return write_text(path, json.dumps(obj, indent=indent, allow_nan=False))
+
+
+def check_writable_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Create ``path`` if needed and prove a file can be written there; else raise ValueError.
+
+    Called before long work starts, so that a bad output path fails in a second, not after hours.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"the {what} {path} is an existing file; expected a folder (or no file)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", suffix=TMP_SUFFIX, dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ValueError(
+            f"cannot write to the {what} {path} ({type(err).__name__}: {err.strerror or err}); "
+            "choose a folder you can write to"
+        ) from err
+    return path
 
 
 def remove_stale_temporaries(folder: str | os.PathLike, older_than_s: float = 3600.0) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from gemma_scope_ext.devices import resolve_device
 from gemma_scope_ext.models.families import family_of, get_family, get_spec, tiny_dir
 from gemma_scope_ext.models.gemma2 import TINY_MODEL_NAME
 
@@ -42,10 +43,18 @@ def tiny_tokenizer(name: str = TINY_MODEL_NAME):
 def tiny_model_hf(name: str = TINY_MODEL_NAME, dtype: torch.dtype = torch.float32):
     """A tiny model as a Hugging Face causal LM (eager attention, for soft-capping)."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
-    model = AutoModelForCausalLM.from_pretrained(
-        str(tiny_dir(name)), attn_implementation="eager", dtype=dtype
-    )
+    # A bar for a 3 MB local file is noise; the user's own setting comes back afterwards.
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(tiny_dir(name)), attn_implementation="eager", dtype=dtype
+        )
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
     return model.eval()
 
 
@@ -68,7 +77,7 @@ def hooked_from_hf(hf_model: Any, tokenizer: Any = None, *, dtype=torch.float32,
         fold_value_biases=False,
         refactor_factored_attn_matrices=False,
     )
-    return model.to(device).eval()
+    return model.to(device, print_details=False).eval()
 
 
 def tiny_model(
@@ -105,9 +114,10 @@ def load_model(
     """
     spec = get_spec(name)
     family = get_family(spec.family)
-    if spec.name == family.tiny_model:
-        return tiny_model(spec.name, device or "cpu", dtype)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tiny = spec.name == family.tiny_model
+    device = resolve_device(device, default_cpu=tiny)
+    if tiny:
+        return tiny_model(spec.name, device, dtype)
     try:
         return family.load_pretrained(spec, device=device, dtype=dtype, **kwargs)
     except OSError as err:  # HF raises OSError subclasses when offline or unauthorised

@@ -16,7 +16,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-__all__ = ["sample_texts", "sample_tokens"]
+__all__ = ["SPLITS", "check_split", "sample_texts", "sample_tokens"]
 
 Split = Literal["train", "eval"]
 
@@ -28,10 +28,19 @@ def _load(split: Split) -> tuple[str, ...]:
     return tuple(r["text"] for r in rows if r["split"] == split)
 
 
+SPLITS: tuple[Split, ...] = ("train", "eval")
+"""The built-in text's splits: the tiny models trained on ``train``; ``eval`` is held out."""
+
+
+def check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r} of the built-in text; expected one of: "
+                         f"{', '.join(SPLITS)}")
+
+
 def sample_texts(split: Split = "eval", n: int | None = None) -> list[str]:
     """The first ``n`` documents (all when None) of a split, in a fixed order."""
-    if split not in ("train", "eval"):
-        raise ValueError(f"unknown split {split!r}; expected 'train' or 'eval'")
+    check_split(split)
     texts = _load(split)
     return list(texts if n is None else texts[:n])
 
@@ -41,6 +50,7 @@ def sample_tokens(
 ) -> Int[Tensor, "n_seqs seq_len"]:
     """``n_seqs`` rows of ``seq_len`` tokens: documents packed end to end (EOS between them), each
     row starting with BOS, as SAELens's activation store builds its batches."""
+    check_split(split)
     if n_seqs < 1 or seq_len < 2:
         raise ValueError(f"need n_seqs >= 1 and seq_len >= 2, got {n_seqs} and {seq_len}")
     body = seq_len - 1

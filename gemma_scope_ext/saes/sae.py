@@ -20,7 +20,12 @@ from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
 from torch import Tensor
 from typing_extensions import override
 
-from gemma_scope_ext.saes.params import jumprelu_widths, rescale_for_hook_embed
+from gemma_scope_ext.saes.params import (
+    check_finite,
+    check_last_dim,
+    jumprelu_widths,
+    rescale_for_hook_embed,
+)
 from gemma_scope_ext.saes.sparse_decode import decode_active, use_sparse_decode
 
 __all__ = ["ARCHITECTURE", "GemmaScopeSAE", "GemmaScopeSAEConfig"]
@@ -68,6 +73,8 @@ class GemmaScopeSAE(JumpReLUSAE):
     @override
     def encode(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_sae"]:
         """Latent activations: z = x W_enc + b_enc, kept where z > threshold, else 0."""
+        # reshape_fn_in is a view (hook_z flattened head-major when on): checked before use
+        check_last_dim(self.reshape_fn_in(x), self.cfg.d_in, "inputs", self)
         sae_in = self.process_sae_in(x)
         hidden_pre = self.hook_sae_acts_pre(sae_in @ self.W_enc + self.b_enc)
         # Written as a mask rather than ReLU(z) * mask: identical while threshold >= 0, and it
@@ -78,6 +85,7 @@ class GemmaScopeSAE(JumpReLUSAE):
     @override
     def decode(self, feature_acts: Float[Tensor, "... d_sae"]) -> Float[Tensor, "... d_in"]:
         """Reconstruction f W_dec + b_dec (sparse when faster), through ``hook_sae_recons``."""
+        check_last_dim(feature_acts, self.cfg.d_sae, "feature activations", self)
         if self.cfg.sparse_decode and use_sparse_decode(feature_acts, self.W_dec):
             sae_out_pre = decode_active(feature_acts, self.W_dec) + self.b_dec
         else:
@@ -115,6 +123,7 @@ class GemmaScopeSAE(JumpReLUSAE):
             params = rescale_for_hook_embed(params, embedding_scale)
 
         d_in, d_sae, d_out = jumprelu_widths(params)
+        check_finite(params, f"{cls.__name__}.from_params")
         if d_out != d_in:
             raise ValueError(
                 f"an SAE reconstructs its input: W_dec has shape {(d_sae, d_out)}, expected "

@@ -21,7 +21,7 @@ from sae_lens.saes.transcoder import JumpReLUTranscoder, JumpReLUTranscoderConfi
 from torch import Tensor
 from typing_extensions import override
 
-from gemma_scope_ext.saes.params import jumprelu_widths
+from gemma_scope_ext.saes.params import check_finite, check_last_dim, jumprelu_widths
 
 __all__ = ["ARCHITECTURE", "GemmaScopeTranscoder", "GemmaScopeTranscoderConfig"]
 
@@ -66,6 +66,18 @@ class GemmaScopeTranscoder(JumpReLUTranscoder):
     def __init__(self, cfg: GemmaScopeTranscoderConfig):
         super().__init__(cfg)  # type: ignore[arg-type]
 
+    @override
+    def encode(self, x: Tensor) -> Tensor:
+        """Latent activations of the MLP input ``x`` (width d_in)."""
+        check_last_dim(x, self.cfg.d_in, "inputs", self)
+        return super().encode(x)
+
+    @override
+    def decode(self, feature_acts: Tensor) -> Tensor:
+        """The predicted MLP output (width d_out) of latent activations."""
+        check_last_dim(feature_acts, self.cfg.d_sae, "feature activations", self)
+        return super().decode(feature_acts)
+
     @classmethod
     def from_params(
         cls,
@@ -79,6 +91,7 @@ class GemmaScopeTranscoder(JumpReLUTranscoder):
     ) -> GemmaScopeTranscoder:
         """A transcoder holding ``W_enc, W_dec, b_enc, b_dec, threshold`` (e.g. a params.npz)."""
         d_in, d_sae, d_out = jumprelu_widths(params)
+        check_finite(params, f"{cls.__name__}.from_params")
         cfg = GemmaScopeTranscoderConfig(
             d_in=d_in, d_sae=d_sae, d_out=d_out, dtype=dtype, device=device,
             metadata=SAEMetadata(hook_name=hook_name, hook_name_out=hook_name_out,

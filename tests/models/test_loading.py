@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -21,12 +20,10 @@ from gemma_scope_ext import (
 from gemma_scope_ext.models import tiny_dir, tiny_gemma2, tiny_gemma2_hf, tiny_spec
 
 
-def test_tiny_model_is_small_trained_and_quick_to_load():
+def test_tiny_model_is_small_and_trained():
     weights = tiny_dir() / "model.safetensors"
     assert weights.stat().st_size < 5_000_000
-    start = time.perf_counter()
     model = tiny_gemma2()
-    assert time.perf_counter() - start < 10.0  # imports are warm here; ~1 s on 2 cores
     assert model.cfg.n_layers == tiny_spec().n_layers == 4
     # Trained, not random: held-out loss far below the uniform log(vocab).
     tokens = sample_tokens(model.tokenizer, 4, 64, split="eval")
@@ -88,8 +85,11 @@ def test_sample_text_splits():
     assert len(train) > 10 * len(held_out) > 0
     assert not set(train) & set(held_out)
     assert sample_texts("eval", 3) == held_out[:3]
-    with pytest.raises(ValueError, match="expected 'train' or 'eval'"):
+    with pytest.raises(ValueError, match="unknown split 'test' of the built-in text; expected "
+                                         "one of: train, eval"):
         sample_texts("test")
+    with pytest.raises(ValueError, match="unknown split 'bogus'"):
+        sample_tokens(None, 1, 4, split="bogus")  # before the tokenizer is touched
 
 
 def test_sample_tokens_pack_documents(tiny_model):

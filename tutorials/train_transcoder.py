@@ -39,10 +39,14 @@ BATCH_TOKENS = 512
 
 
 def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="transcoder_") as out_dir:  # removed at the end
+        run(out_dir)
+
+
+def run(out_dir: str) -> None:
     torch.manual_seed(0)
     model = tiny_gemma2()
     dataset = datasets.Dataset.from_dict({"text": sample_texts("train")})
-    out_dir = tempfile.mkdtemp(prefix="transcoder_")
 
     # 1. The recipe, scaled down: a tiny model trains in a few hundred steps, so the learning rate is
     # higher and the sparsity warm-up shorter than Gemma Scope's 7e-5 and 10,000 steps.

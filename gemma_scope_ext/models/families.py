@@ -88,11 +88,14 @@ def get_spec(model: str | ModelSpec | Any) -> ModelSpec:
         raise ValueError(f"unknown model {model!r}; expected one of: {', '.join(known_models())}")
     cfg = getattr(model, "cfg", None)
     if cfg is not None and hasattr(cfg, "d_model"):
-        architecture = getattr(cfg, "original_architecture", None)
+        # HookedTransformer's config calls it original_architecture, TransformerBridge's architecture.
+        architecture = getattr(cfg, "original_architecture", None) or getattr(
+            cfg, "architecture", None
+        )
         if architecture is None:
             raise ValueError(
-                f"{type(model).__name__}.cfg names no original_architecture, so its family is "
-                "unknown; load the model through load_model/hooked_from_hf or pass a model name"
+                f"{type(model).__name__}.cfg names no architecture, so its family is unknown; "
+                "load the model through load_model/hooked_from_hf or pass a model name"
             )
         return ModelSpec.from_tl_config(cfg, family=family_of(architecture).name)
     raise ValueError(

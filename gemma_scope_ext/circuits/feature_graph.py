@@ -19,6 +19,7 @@ from gemma_scope_ext.circuits.graph_json import from_circuit_tracer, to_circuit_
 from gemma_scope_ext.circuits.nodes import Edge, GraphInfo, GraphNode, has_inputs
 from gemma_scope_ext.circuits.pruning import (
     GraphScores,
+    cumulative_share,
     graph_scores,
     influence,
     prune_masks,
@@ -43,7 +44,8 @@ class FeatureGraph:
     info: GraphInfo | None = None
     """How the graph was built (None for graphs assembled by hand)."""
     cumulative: Tensor | None = None
-    """[nodes] each node's cumulative influence share in the graph this one was pruned from."""
+    """[nodes] each node's cumulative influence share in the graph this one was pruned from
+    (None: this graph's own, see ``cumulative_influence``)."""
 
     def __post_init__(self) -> None:
         expected = (int(self.rows.numel()), len(self.nodes))
@@ -108,6 +110,13 @@ class FeatureGraph:
         edges normalised to sum to one, weighted by the targets' weights (circuit-tracer's)."""
         return influence(self.weights, self.rows, self.target_weights()).float()
 
+    def cumulative_influence(self) -> Tensor:
+        """[nodes] each node's cumulative share of influence at its rank: from the graph this one
+        was pruned from, else from this one (circuit-tracer's ``influence`` in the graph file)."""
+        if self.cumulative is not None:
+            return self.cumulative
+        return cumulative_share(influence(self.weights, self.rows, self.target_weights()))
+
     def scores(self) -> GraphScores:
         """circuit-tracer's replacement and completeness scores (see ``pruning``)."""
         return graph_scores(self.weights, self.rows, self.target_weights(),
@@ -127,21 +136,16 @@ class FeatureGraph:
         idx = torch.nonzero(keep.node_mask).flatten()
         row_keep = keep.node_mask[rows]
         weights = torch.where(keep.edge_mask, self.weights, 0.0)[row_keep][:, idx]
-        cumulative = keep.cumulative if self.cumulative is None else self.cumulative
+        cumulative = self.cumulative_influence()
         return replace(self, nodes=tuple(self.nodes[i] for i in idx.tolist()), weights=weights,
                        cumulative=cumulative[idx])
 
     def to_dict(self, slug: str = "graph", scan: str | None = None,
                 node_threshold: float | None = None) -> dict:
         """The graph as circuit-tracer's graph JSON (metadata, qParams, nodes, links)."""
-        cumulative = self.cumulative
-        if cumulative is None:
-            inf = influence(self.weights, self.rows, self.target_weights())
-            ordered, order = inf.sort(descending=True)
-            cumulative = torch.zeros_like(inf)
-            cumulative[order] = ordered.cumsum(0) / ordered.sum().clamp_min(1e-30)
         return to_circuit_tracer(self.nodes, self.weights, self.rows, self.tokens,
-                                 self.token_strings, self.info, cumulative.tolist(), slug=slug,
+                                 self.token_strings, self.info,
+                                 self.cumulative_influence().tolist(), slug=slug,
                                  scan=scan, node_threshold=node_threshold)
 
     def to_json(self, path: str | os.PathLike, token_strings: list[str] | None = None,

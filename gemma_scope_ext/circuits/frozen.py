@@ -225,16 +225,17 @@ def decoder_rows(sae: Any, features: Int[Tensor, " k"]) -> Float[Tensor, "k d_ou
     return out[:-1] - out[-1:]
 
 
-def check_affine(site: SiteRun, directions: Tensor, active: tuple[Tensor, Tensor]) -> None:
-    """Edges are exact only when encoding (before the activation) and decoding are affine."""
+def check_affine(site: SiteRun, features: Tensor, directions: Tensor,
+                 active: tuple[Tensor, Tensor]) -> None:
+    """Edges are exact only when encoding (before the activation) and decoding are affine:
+    ``features`` [pos, d_sae] must decode to the sum of their ``directions`` (one per active)."""
     sae, x = site.sae, site.sae_in.detach()[0]
     with torch.no_grad():
         pre = [pre_activations(sae, a * x) for a in (0.0, 1.0, 2.0)]
         curve = (pre[2] - 2 * pre[1] + pre[0]).abs().max()
         pos, feat = active
-        x_hat = sae.decode(site.features[None])[0] - sae.decode(torch.zeros_like(site.features[:1]))
-        linear = torch.zeros_like(x_hat).index_add_(
-            0, pos, site.features[pos, feat, None] * directions)
+        x_hat = sae.decode(features[None])[0] - sae.decode(torch.zeros_like(features[:1]))
+        linear = torch.zeros_like(x_hat).index_add_(0, pos, features[pos, feat, None] * directions)
         gap = (x_hat - linear).abs().max()
     scale_in, scale_out = pre[1].abs().max().clamp_min(1.0), x_hat.abs().max().clamp_min(1.0)
     if curve > 1e-3 * scale_in or gap > 1e-3 * scale_out:

@@ -103,7 +103,7 @@ def _layout(run: FrozenRun, tokens: list[int], drop_bos: bool) -> _Layout:
             pos, feat = torch.nonzero(f, as_tuple=True)
             uniq, inverse = torch.unique(feat, return_inverse=True)
             directions = decoder_rows(site.sae, uniq).to(site.leaf.dtype)[inverse]
-            check_affine(site, directions, (pos, feat))
+            check_affine(site, f, directions, (pos, feat))
             start = len(nodes)
             for p, k in zip(pos.tolist(), feat.tolist(), strict=True):
                 if site.has_inputs:

@@ -3,7 +3,9 @@
 
 Node ids follow circuit-tracer: features ``L_feat_pos``, MLP-side errors (transcoder, MLP SAE, or
 an MLP no SAE replaces) ``0_L_pos``, tokens ``E_tok_pos``, logits ``(nL+1)_tok_pos``; custom targets
-and metrics take virtual token ids from d_vocab up, as circuit-tracer's custom targets do. What
+and metrics take virtual token ids from d_vocab up, as circuit-tracer's custom targets do. An error
+id ``0_L_pos`` is also the id of layer 0's feature L at pos; where both nodes exist (circuit-tracer
+would then write one id twice) the error's id is ``0_L_pos-err``. What
 circuit-tracer has no id for: errors of attention and residual SAEs are ``att_L_pos`` /
 ``res_L_pos``; when several SAEs share a layer, the features of all but the MLP-side one are
 numbered after it (``feature + offset``, the offsets in ``metadata.gemma_scope.offsets``), so every
@@ -117,6 +119,10 @@ def to_circuit_tracer(nodes: tuple[GraphNode, ...], weights: Tensor, rows: Tenso
                                                   default=-1)
     offsets = _offsets(nodes, info)
     fields = node_ids(nodes, n_layers, offsets)
+    features = {f["node_id"] for f, n in zip(fields, nodes, strict=True) if n.kind == "feature"}
+    for f, n in zip(fields, nodes, strict=True):
+        if n.kind == "error" and f["node_id"] in features:
+            f["node_id"] += "-err"  # circuit-tracer's 0_L_pos is also layer 0's feature L at pos
     ids = [f["node_id"] for f in fields]
     if len(set(ids)) != len(ids):
         raise ValueError("two nodes would share an id in the graph file")

@@ -28,7 +28,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-__all__ = ["GraphScores", "PruneResult", "graph_scores", "influence", "prune_masks"]
+__all__ = ["GraphScores", "PruneResult", "cumulative_share", "graph_scores", "influence",
+           "prune_masks"]
 
 _MAX_DEPTH = 10_000
 
@@ -87,11 +88,12 @@ def _threshold(scores: Tensor, fraction: float) -> Tensor:
     return ordered[min(index, ordered.numel() - 1)]
 
 
-def _cumulative_share(inf: Tensor) -> Tensor:
-    ordered, order = inf.sort(descending=True)
+def cumulative_share(inf: Float[Tensor, " n"]) -> Float[Tensor, " n"]:
+    """Each node's cumulative share of the total influence at its rank (float32)."""
+    ordered, order = inf.sort(descending=True, stable=True)
     out = torch.zeros_like(inf)
     out[order] = ordered.cumsum(0) / ordered.sum().clamp_min(1e-30)
-    return out
+    return out.float()
 
 
 def prune_masks(
@@ -123,7 +125,7 @@ def prune_masks(
             break
         node_mask = kept
         edge_mask &= node_mask[rows][:, None] & node_mask[None, :]
-    return PruneResult(node_mask, edge_mask, _cumulative_share(inf).float())
+    return PruneResult(node_mask, edge_mask, cumulative_share(inf))
 
 
 def graph_scores(

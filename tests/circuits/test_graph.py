@@ -20,6 +20,8 @@ from tests.helpers.random_saes import random_jumprelu as _random_jumprelu
 POS = 11
 TOKEN = 7
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def random_jumprelu(cache, hook, **kwargs):
     """32 latents, not 64: the brute-force reference below costs one forward per source."""
@@ -82,7 +84,7 @@ class BruteForce:
         hooks += [(n, put) for n in self.outs]
         hooks += [("ln_final.hook_normalized", capture)]
         logits = self.model.run_with_hooks(self.tokens, fwd_hooks=hooks)
-        pre = {out: pre_activations(s, inputs[s.cfg.metadata.hook_name])[0]
+        pre = {out: pre_activations(s, inputs[s.cfg.metadata.hook_name])[0].detach()
                for out, s in self.outs.items()}
         # Pre-cap logits from the final norm's output, not from the graph's unembed hook.
         final = inputs["ln_final.hook_normalized"][0] * self.model.ln_final.w

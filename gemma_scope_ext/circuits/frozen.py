@@ -36,6 +36,20 @@ _SAME_HOOK = re.compile(
     r"hook_attn_out|hook_mlp_out)")
 _TRANSCODER_IN = re.compile(r"blocks\.(\d+)\.(ln2\.hook_normalized|hook_resid_mid)")
 _MLP_INPUT = re.compile(r"blocks\.\d+\.ln2\.hook_normalized")
+_ATTN = re.compile(r"blocks\.(\d+)\.attn\.hook_(v|pattern|z)")
+
+
+def _attend(v: Tensor, pattern: Tensor) -> Tensor:
+    """z = pattern @ v per head, written so that its batched backward never copies the pattern.
+
+    v [1, key, kv_heads, d_head], pattern [1, heads, query, key] -> z [1, query, heads, d_head].
+    The pattern multiplies from the right as a 2-D matrix: vmap then folds the rows' batch into
+    one matrix product instead of expanding a [rows, heads, query, key] copy of the pattern.
+    """
+    v = v.repeat_interleave(pattern.shape[1] // v.shape[2], dim=2)  # grouped-query heads
+    vt = v[0].permute(1, 2, 0)  # [heads, d_head, key]
+    heads = [vh @ ph.T for vh, ph in zip(vt.unbind(0), pattern[0].unbind(0), strict=True)]
+    return torch.stack(heads, 0).permute(2, 0, 1)[None]
 
 
 class SiteRun(NamedTuple):
@@ -163,9 +177,23 @@ def frozen_forward(model: Any, saes: Sequence[Any], tokens: Int[Tensor, "1 pos"]
     inputs: dict[int, Tensor] = {}
     leaves: dict[str, Tensor] = {}
     captured: dict[str, Tensor] = {}
+    attention: dict[tuple[str, str], Tensor] = {}
 
     def hook(x: Tensor, hook: Any) -> Tensor:
         name = hook.name
+        if m := _ATTN.fullmatch(name):
+            layer, part = m.groups()
+            if part == "v":
+                attention[(layer, "v")] = x
+                return x
+            if part == "pattern":
+                attention[(layer, "pattern")] = x.detach()
+                return x.detach()
+            z = _attend(attention.pop((layer, "v")), attention.pop((layer, "pattern")))
+            if not torch.allclose(z, x, rtol=1e-4, atol=1e-5 * float(x.detach().abs().max())):
+                raise RuntimeError(f"{name} is not pattern @ v in this model; feature_graph "
+                                   "cannot freeze its attention")
+            x = x.detach() + (z - z.detach())  # the clean value exactly, with z's gradient
         for i in readers.get(name, ()):
             keep_graph = infos[i].site not in SOURCE_ONLY_SITES
             inputs[i] = _flat(x) if keep_graph else _flat(x).detach()
@@ -179,7 +207,7 @@ def frozen_forward(model: Any, saes: Sequence[Any], tokens: Int[Tensor, "1 pos"]
 
     names = set(readers) | set(writers) | set(frozen) | {"unembed.hook_in", "unembed.hook_out"}
     names |= {n for n in model.hook_dict if n.endswith("hook_pattern") or n.endswith("hook_scale")
-              or _MLP_INPUT.fullmatch(n)}
+              or _MLP_INPUT.fullmatch(n) or _ATTN.fullmatch(n)}
     with _flat_inputs(saes):
         with _frozen_parameters(model), torch.enable_grad(), \
                 model.hooks(fwd_hooks=[(n, hook) for n in sorted(names)]):

@@ -46,16 +46,34 @@ from gemma_scope_ext.circuits.targets import Readout, Softcap, Target, as_target
 
 __all__ = ["Edge", "FeatureGraph", "GraphNode", "feature_graph", "pre_activations"]
 
-_CHUNK_ELEMENTS = 1 << 22  # bound on a gathered [rows, nodes, width] block in the contraction
+_CHUNK_ELEMENTS = 1 << 24  # bound on a [rows, positions, slots + width] block in the contraction
 
 
 class _Group(NamedTuple):
-    """Source nodes sharing one leaf: edge to node ``cols[j]`` = grad[positions[j]] . vectors[j]."""
+    """Source nodes sharing one leaf, columns ``start:start + n`` in node order (by position).
+
+    The nodes at position ``positions[i]`` are the first ones of ``vectors[i]`` [slots, width]
+    (zero-padded); the edge to a node is the leaf's gradient at its position dotted with its
+    vector (activation x decoder row, or the error / embedding vector itself).
+    """
 
     source: int  # index of the leaf among the pulled-back sources
-    cols: Tensor  # node indices
-    positions: Tensor
-    vectors: Tensor  # [m, width]: activation x decoder row, or the error / embedding vector
+    start: int
+    positions: Tensor  # [p] distinct positions
+    vectors: Tensor  # [p, slots, width]
+    valid: Tensor  # [n] indices into the flattened [p, slots] grid, in node order
+
+
+def _group(source: int, start: int, pos: Tensor, vectors: Tensor) -> _Group:
+    """Pad the vectors of nodes sorted by position into a [positions, slots, width] grid."""
+    positions, counts = torch.unique_consecutive(pos, return_counts=True)
+    slots = int(counts.max()) if len(counts) else 0
+    first = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    slot = torch.arange(len(pos)) - first
+    row = torch.repeat_interleave(torch.arange(len(positions)), counts)
+    grid = torch.zeros(len(positions), slots, vectors.shape[-1], dtype=vectors.dtype)
+    grid[row, slot] = vectors
+    return _Group(source, start, positions, grid, row * slots + slot)
 
 
 class _Layout(NamedTuple):
@@ -79,7 +97,7 @@ def _layout(run: FrozenRun, tokens: list[int], drop_bos: bool) -> _Layout:
         for p in pos.tolist():
             feature = tokens[p] if kind == "embedding" else None
             nodes.append(GraphNode(kind, site, layer, p, feature, float(values[p].norm())))
-        groups.append(_Group(_source(leaf), start + torch.arange(len(pos)), pos, values[pos]))
+        groups.append(_group(_source(leaf), start, pos, values[pos]))
 
     def _source(leaf: Tensor) -> int:
         for i, s in enumerate(sources):
@@ -110,8 +128,7 @@ def _layout(run: FrozenRun, tokens: list[int], drop_bos: bool) -> _Layout:
                     candidates.append((i, p, k, len(nodes)))
                 nodes.append(GraphNode("feature", site.info.site, site.info.layer, p, k,
                                        float(f[p, k])))
-            groups.append(_Group(_source(site.leaf), start + torch.arange(len(pos)), pos,
-                                 f[pos, feat, None] * directions))
+            groups.append(_group(_source(site.leaf), start, pos, f[pos, feat, None] * directions))
             vectors(site.leaf, site.error, "error", site.info.site, site.info.layer, first)
 
         blocks.append((stream_rank(site.info.hook_out), add_site))
@@ -120,28 +137,29 @@ def _layout(run: FrozenRun, tokens: list[int], drop_bos: bool) -> _Layout:
     return _Layout(nodes, sources, groups, candidates)
 
 
-def _contract(grads: list[Tensor | None], groups: list[_Group], n_nodes: int, b: int) -> Tensor:
-    out = torch.zeros(b, n_nodes)
+def _contract(grads: list[Tensor | None], groups: list[_Group], out: Tensor) -> None:
+    """Write each group's edges into ``out`` [rows, nodes] (one batched product per chunk)."""
+    b = out.shape[0]
     for g in groups:
         grad = grads[g.source]
-        if grad is None or len(g.cols) == 0:
+        n = len(g.valid)
+        if grad is None or n == 0:
             continue
         grad = grad.reshape(b, -1, g.vectors.shape[-1])
-        step = max(1, _CHUNK_ELEMENTS // (b * g.vectors.shape[-1]))
-        for c in range(0, len(g.cols), step):
-            sl = slice(c, c + step)
-            out[:, g.cols[sl]] = torch.einsum("bmd,md->bm", grad[:, g.positions[sl]],
-                                              g.vectors[sl]).to(out.dtype)
-    return out
+        slots, width = g.vectors.shape[1:]
+        step = max(1, _CHUNK_ELEMENTS // (b * (slots + width)))
+        edges = torch.cat([torch.einsum("bpd,pkd->bpk", grad[:, g.positions[c:c + step]],
+                                        g.vectors[c:c + step]).reshape(b, -1)
+                           for c in range(0, len(g.positions), step)], dim=1)
+        out[:, g.start:g.start + n] = edges[:, g.valid].to(out.dtype)
 
 
-def _target_rows(run: FrozenRun, reads: list[Readout], lay: _Layout, b: int) -> Tensor:
+def _target_rows(run: FrozenRun, reads: list[Readout], lay: _Layout, out: Tensor) -> None:
     go = torch.stack([r.vector for r in reads])[:, None].to(run.unembed_in.dtype)
-    grads = pull_back([run.unembed_in], [go], lay.sources)
-    return _contract(grads, lay.groups, len(lay.nodes), b)
+    _contract(pull_back([run.unembed_in], [go], lay.sources), lay.groups, out)
 
 
-def _feature_rows(run: FrozenRun, lay: _Layout, batch: list[int]) -> Tensor:
+def _feature_rows(run: FrozenRun, lay: _Layout, batch: list[int], out: Tensor) -> None:
     by_site: dict[int, list[int]] = {}
     for r, c in enumerate(batch):
         by_site.setdefault(lay.candidates[c][0], []).append(r)
@@ -155,8 +173,7 @@ def _feature_rows(run: FrozenRun, lay: _Layout, batch: list[int]) -> Tensor:
         go[torch.tensor(rows), 0, pos] = enc.to(go.dtype)
         outputs.append(site.sae_in)
         grad_outputs.append(go)
-    grads = pull_back(outputs, grad_outputs, lay.sources)
-    return _contract(grads, lay.groups, len(lay.nodes), len(batch))
+    _contract(pull_back(outputs, grad_outputs, lay.sources), lay.groups, out)
 
 
 def feature_graph(
@@ -201,7 +218,7 @@ def feature_graph(
         bar = tqdm(total=n_t + budget, desc="feature graph", disable=not progress)
         for i in range(0, n_t, batch_size):
             chunk = reads[i:i + batch_size]
-            buffer[i:i + len(chunk)] = _target_rows(run, chunk, lay, len(chunk))
+            _target_rows(run, chunk, lay, buffer[i:i + len(chunk)])
             row_node[i:i + len(chunk)] = first_target + torch.arange(i, i + len(chunk))
             bar.update(len(chunk))
         tw = torch.zeros(n_nodes, dtype=torch.float64)
@@ -213,13 +230,14 @@ def feature_graph(
             if budget == n_c:
                 pending = torch.arange(n_c)
             else:
-                inf = influence(buffer[:st], row_node[:st], tw)[cand_nodes]
+                # float32 is plenty for an order (as in circuit-tracer) and halves the copy.
+                inf = influence(buffer[:st], row_node[:st], tw, torch.float32)[cand_nodes]
                 ranked = inf.argsort(descending=True, stable=True)
                 size = min(update_interval * batch_size, budget - (st - n_t))
                 pending = ranked[~visited[ranked]][:size]
             for j in range(0, len(pending), batch_size):
                 batch = pending[j:j + batch_size]
-                buffer[st:st + len(batch)] = _feature_rows(run, lay, batch.tolist())
+                _feature_rows(run, lay, batch.tolist(), buffer[st:st + len(batch)])
                 row_node[st:st + len(batch)] = cand_nodes[batch]
                 visited[batch] = True
                 st += len(batch)

@@ -54,13 +54,13 @@ class GraphScores(NamedTuple):
     """Influence-weighted share of node inputs that come from non-error nodes."""
 
 
-def _normalised(weights: Tensor) -> Tensor:
-    a = weights.abs().to(torch.float64)
+def _normalised(weights: Tensor, dtype: torch.dtype = torch.float64) -> Tensor:
+    a = weights.abs().to(dtype)
     return a / a.sum(1, keepdim=True).clamp_min(1e-10)
 
 
 def _influence(a: Tensor, rows: Tensor, target_weights: Tensor) -> Tensor:
-    prod = target_weights.to(torch.float64)
+    prod = target_weights.to(a.dtype)
     total = torch.zeros_like(prod)
     for _ in range(_MAX_DEPTH):
         prod = prod[rows] @ a
@@ -71,10 +71,11 @@ def _influence(a: Tensor, rows: Tensor, target_weights: Tensor) -> Tensor:
 
 
 def influence(
-    weights: Float[Tensor, "r n"], rows: Int[Tensor, " r"], target_weights: Float[Tensor, " n"]
+    weights: Float[Tensor, "r n"], rows: Int[Tensor, " r"], target_weights: Float[Tensor, " n"],
+    dtype: torch.dtype = torch.float64,
 ) -> Float[Tensor, " n"]:
-    """Each node's influence on the targets through every path (float64)."""
-    return _influence(_normalised(weights), rows, target_weights)
+    """Each node's influence on the targets through every path (float64 unless ``dtype``)."""
+    return _influence(_normalised(weights, dtype), rows, target_weights)
 
 
 def _threshold(scores: Tensor, fraction: float) -> Tensor:

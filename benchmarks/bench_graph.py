@@ -91,9 +91,9 @@ def prepare(folder: Path, lengths: list[int]) -> dict:
 
 
 def load_ours(folder: Path):
-    from safetensors.torch import load_file
     from sae_lens import JumpReLUTranscoder, JumpReLUTranscoderConfig
     from sae_lens.saes.sae import SAEMetadata
+    from safetensors.torch import load_file
 
     from gemma_scope_ext.models.loading import tiny_gemma2
 
@@ -168,9 +168,8 @@ class Worker:
 def compare(ours_path: Path, theirs_path: Path) -> tuple[float, int]:
     """Largest edge difference on shared nodes, relative to the largest edge, and how many."""
     ours, theirs = torch.load(ours_path), torch.load(theirs_path)
-    n_pos = None
     key_ours = []
-    for kind, site, layer, pos, feature, *_ in ours["nodes"]:
+    for kind, _site, layer, pos, feature, *_ in ours["nodes"]:
         key_ours.append({"feature": ("f", layer, pos, feature), "error": ("e", layer, pos),
                          "embedding": ("t", pos), "logit": ("l", feature)}[kind])
     feats = theirs["active_features"][theirs["selected_features"]].tolist()

@@ -90,9 +90,11 @@ class FeatureGraph:
 
     def index(self, site: str, layer: int | None, position: int | None,
               feature: int | None = None, kind: str = "feature") -> int:
-        """Index of a node (``kind`` ``error`` with feature None for an error node)."""
+        """Index of a node (``kind`` ``error`` with feature None for an error node; an embedding
+        node matches with feature None or its token id)."""
         for i, n in enumerate(self.nodes):
-            if (n.kind, n.site, n.layer, n.position, n.feature) == (
+            ours = n.feature if not (kind == "embedding" and feature is None) else None
+            if (n.kind, n.site, n.layer, n.position, ours) == (
                     kind, site, layer, position, feature):
                 return i
         raise KeyError(f"no {kind} node ({site!r}, {layer}, {position}, {feature}) in the graph")

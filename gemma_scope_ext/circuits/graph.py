@@ -22,6 +22,7 @@ features that receive edges; source-only features (MLP-output and embedding SAEs
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -65,15 +66,27 @@ class _Group(NamedTuple):
 
 
 def _group(source: int, start: int, pos: Tensor, vectors: Tensor) -> _Group:
-    """Pad the vectors of nodes sorted by position into a [positions, slots, width] grid."""
+    """Lay the vectors of nodes sorted by position out as a [rows, slots, width] grid.
+
+    A row holds up to ``slots`` nodes of one position; a position with more nodes (BOS often has
+    many) takes several rows, so padding stays under about twice the vectors' own size.
+    """
+    device = pos.device
     positions, counts = torch.unique_consecutive(pos, return_counts=True)
-    slots = int(counts.max()) if len(counts) else 0
-    first = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-    slot = torch.arange(len(pos)) - first
-    row = torch.repeat_interleave(torch.arange(len(positions)), counts)
-    grid = torch.zeros(len(positions), slots, vectors.shape[-1], dtype=vectors.dtype)
+    if len(counts) == 0:
+        return _Group(source, start, positions, vectors.new_zeros(0, 0, vectors.shape[-1]),
+                      torch.zeros(0, dtype=torch.long, device=device))
+    slots = max(1, math.ceil(2 * len(pos) / len(counts)))
+    per_position = (counts + slots - 1) // slots
+    first_row = torch.cumsum(per_position, 0) - per_position
+    owner = torch.repeat_interleave(torch.arange(len(counts), device=device), counts)
+    rank = torch.arange(len(pos), device=device) - (torch.cumsum(counts, 0) - counts)[owner]
+    row = first_row[owner] + rank // slots
+    slot = rank % slots
+    grid = vectors.new_zeros(int(per_position.sum()), slots, vectors.shape[-1])
     grid[row, slot] = vectors
-    return _Group(source, start, positions, grid, row * slots + slot)
+    return _Group(source, start, torch.repeat_interleave(positions, per_position), grid,
+                  row * slots + slot)
 
 
 class _Layout(NamedTuple):
@@ -92,11 +105,12 @@ def _layout(run: FrozenRun, tokens: list[int], drop_bos: bool) -> _Layout:
 
     def vectors(leaf: Tensor, values: Tensor, kind: str, site: str, layer: int | None,
                 from_pos: int) -> None:
-        pos = torch.arange(from_pos, values.shape[0])
+        pos = torch.arange(from_pos, values.shape[0], device=values.device)
         start = len(nodes)
-        for p in pos.tolist():
+        norms = values[pos].norm(dim=-1).tolist()  # one transfer, not one per node
+        for p, norm in zip(pos.tolist(), norms, strict=True):
             feature = tokens[p] if kind == "embedding" else None
-            nodes.append(GraphNode(kind, site, layer, p, feature, float(values[p].norm())))
+            nodes.append(GraphNode(kind, site, layer, p, feature, norm))
         groups.append(_group(_source(leaf), start, pos, values[pos]))
 
     def _source(leaf: Tensor) -> int:
@@ -123,11 +137,11 @@ def _layout(run: FrozenRun, tokens: list[int], drop_bos: bool) -> _Layout:
             directions = decoder_rows(site.sae, uniq).to(site.leaf.dtype)[inverse]
             check_affine(site, f, directions, (pos, feat))
             start = len(nodes)
-            for p, k in zip(pos.tolist(), feat.tolist(), strict=True):
+            acts = f[pos, feat].tolist()
+            for p, k, a in zip(pos.tolist(), feat.tolist(), acts, strict=True):
                 if site.has_inputs:
                     candidates.append((i, p, k, len(nodes)))
-                nodes.append(GraphNode("feature", site.info.site, site.info.layer, p, k,
-                                       float(f[p, k])))
+                nodes.append(GraphNode("feature", site.info.site, site.info.layer, p, k, a))
             groups.append(_group(_source(site.leaf), start, pos, f[pos, feat, None] * directions))
             vectors(site.leaf, site.error, "error", site.info.site, site.info.layer, first)
 
@@ -166,14 +180,56 @@ def _feature_rows(run: FrozenRun, lay: _Layout, batch: list[int], out: Tensor) -
     outputs, grad_outputs = [], []
     for i, rows in by_site.items():
         site = run.sites[i]
-        pos = torch.tensor([lay.candidates[batch[r]][1] for r in rows])
-        feat = torch.tensor([lay.candidates[batch[r]][2] for r in rows])
+        device = site.sae_in.device
+        pos = torch.tensor([lay.candidates[batch[r]][1] for r in rows], device=device)
+        feat = torch.tensor([lay.candidates[batch[r]][2] for r in rows], device=device)
         enc = encoder_rows(site.sae, site.sae_in.detach()[0, pos], feat)
-        go = torch.zeros(len(batch), *site.sae_in.shape, dtype=site.sae_in.dtype)
-        go[torch.tensor(rows), 0, pos] = enc.to(go.dtype)
+        go = torch.zeros(len(batch), *site.sae_in.shape, dtype=site.sae_in.dtype, device=device)
+        go[torch.tensor(rows, device=device), 0, pos] = enc.to(go.dtype)
         outputs.append(site.sae_in)
         grad_outputs.append(go)
     _contract(pull_back(outputs, grad_outputs, lay.sources), lay.groups, out)
+
+
+def _attribute(run: FrozenRun, lay: _Layout, reads: list[Readout], max_feature_nodes: int | None,
+               batch_size: int, update_interval: int, bar: Any) -> tuple[Tensor, Tensor, Tensor]:
+    """Target rows, then feature rows (all, or the most influential within the budget).
+
+    Returns the row buffer [rows, nodes], each row's node, and which candidates were attributed.
+    """
+    device = run.unembed_in.device
+    n_nodes, n_t, n_c = len(lay.nodes), len(reads), len(lay.candidates)
+    first_target = n_nodes - n_t
+    budget = n_c if max_feature_nodes is None else min(max_feature_nodes, n_c)
+    buffer = torch.zeros(n_t + budget, n_nodes, device=device)
+    row_node = torch.zeros(n_t + budget, dtype=torch.long, device=device)
+    for i in range(0, n_t, batch_size):
+        chunk = reads[i:i + batch_size]
+        _target_rows(run, chunk, lay, buffer[i:i + len(chunk)])
+        row_node[i:i + len(chunk)] = first_target + torch.arange(i, i + len(chunk))
+        bar.update(len(chunk))
+    tw = torch.zeros(n_nodes, device=device)
+    tw[first_target:] = torch.tensor([r.weight for r in reads], device=device)
+    cand_nodes = torch.tensor([c[3] for c in lay.candidates], dtype=torch.long, device=device)
+    visited = torch.zeros(n_c, dtype=torch.bool, device=device)
+    st = n_t
+    while st - n_t < budget:
+        if budget == n_c:
+            pending = torch.arange(n_c, device=device)
+        else:
+            # float32 is plenty for an order (as in circuit-tracer) and halves the copy.
+            inf = influence(buffer[:st], row_node[:st], tw, torch.float32)[cand_nodes]
+            ranked = inf.argsort(descending=True, stable=True)
+            size = min(update_interval * batch_size, budget - (st - n_t))
+            pending = ranked[~visited[ranked]][:size]
+        for j in range(0, len(pending), batch_size):
+            batch = pending[j:j + batch_size]
+            _feature_rows(run, lay, batch.tolist(), buffer[st:st + len(batch)])
+            row_node[st:st + len(batch)] = cand_nodes[batch]
+            visited[batch] = True
+            st += len(batch)
+            bar.update(len(batch))
+    return buffer, row_node, visited
 
 
 def feature_graph(
@@ -208,48 +264,21 @@ def feature_graph(
         reads = readouts(chosen, run.logits, run.pre_logits, run.unembed_in, model.W_U, cap,
                          softcap, decode)
         lay = _layout(run, tokens[0].tolist(), drop_bos)
-        first_target = len(lay.nodes)
         lay.nodes.extend(GraphNode(r.kind, r.kind, None, r.position, r.feature, r.value, r.weight,
                                    r.label) for r in reads)
-        n_nodes, n_t, n_c = len(lay.nodes), len(reads), len(lay.candidates)
-        budget = n_c if max_feature_nodes is None else min(max_feature_nodes, n_c)
-        buffer = torch.zeros(n_t + budget, n_nodes)
-        row_node = torch.zeros(n_t + budget, dtype=torch.long)
-        bar = tqdm(total=n_t + budget, desc="feature graph", disable=not progress)
-        for i in range(0, n_t, batch_size):
-            chunk = reads[i:i + batch_size]
-            _target_rows(run, chunk, lay, buffer[i:i + len(chunk)])
-            row_node[i:i + len(chunk)] = first_target + torch.arange(i, i + len(chunk))
-            bar.update(len(chunk))
-        tw = torch.zeros(n_nodes, dtype=torch.float64)
-        tw[first_target:] = torch.tensor([r.weight for r in reads], dtype=torch.float64)
-        cand_nodes = torch.tensor([c[3] for c in lay.candidates], dtype=torch.long)
-        visited = torch.zeros(n_c, dtype=torch.bool)
-        st = n_t
-        while st - n_t < budget:
-            if budget == n_c:
-                pending = torch.arange(n_c)
-            else:
-                # float32 is plenty for an order (as in circuit-tracer) and halves the copy.
-                inf = influence(buffer[:st], row_node[:st], tw, torch.float32)[cand_nodes]
-                ranked = inf.argsort(descending=True, stable=True)
-                size = min(update_interval * batch_size, budget - (st - n_t))
-                pending = ranked[~visited[ranked]][:size]
-            for j in range(0, len(pending), batch_size):
-                batch = pending[j:j + batch_size]
-                _feature_rows(run, lay, batch.tolist(), buffer[st:st + len(batch)])
-                row_node[st:st + len(batch)] = cand_nodes[batch]
-                visited[batch] = True
-                st += len(batch)
-                bar.update(len(batch))
+        n_c = len(lay.candidates)
+        total = len(reads) + (n_c if max_feature_nodes is None else min(max_feature_nodes, n_c))
+        bar = tqdm(total=total, desc="feature graph", disable=not progress)
+        buffer, row_node, visited = _attribute(run, lay, reads, max_feature_nodes, batch_size,
+                                               update_interval, bar)
         bar.close()
         info = GraphInfo(model.cfg.n_layers, model.cfg.d_vocab, softcap, drop_bos,
                          tuple(s.info for s in run.sites))
-    keep = torch.ones(n_nodes, dtype=torch.bool)
-    keep[cand_nodes[~visited]] = False
-    weights = buffer[row_node.argsort()]
-    if not keep.all():
-        weights = weights[:, keep]
+    keep = torch.ones(len(lay.nodes), dtype=torch.bool)
+    keep[[c[3] for c, seen in zip(lay.candidates, visited.tolist(), strict=True) if not seen]] = False
+    # Columns first: without them the row buffer is much smaller, and its copy too.
+    weights = buffer if keep.all() else buffer[:, keep.to(buffer.device)]
+    weights = weights[row_node.argsort()].cpu()
     strings = tuple(model.to_str_tokens(tokens[0])) if tok is not None else ()
     return FeatureGraph(tuple(n for n, k in zip(lay.nodes, keep.tolist(), strict=True) if k),
                         weights, tuple(tokens[0].tolist()), strings, info)

@@ -11,8 +11,13 @@ process (circuit-tracer in its own virtual environment: it pins transformers <= 
 same torch thread count; requests alternate between the two (ABAB...) so that drift in the
 machine's speed falls on both. Time is the graph call alone (median); peak memory is the rise of
 the process's resident set during the call (VmHWM reset before it, malloc returning large blocks
-to the system in both processes). The edges of the two graphs are compared on their shared nodes.
-Without ``--circuit-tracer-python`` only this project's side is measured.
+to the system in both processes). CPU seconds (the process's own) are shown beside the wall time:
+on a shared machine they measure the work done. The edges of the two graphs are compared on their
+shared nodes.
+Without ``--circuit-tracer-python`` (or ``CIRCUIT_TRACER_PYTHON``) only this project's side is
+measured. circuit-tracer's environment, outside the repository:
+
+    python3 -m venv /tmp/ct-venv && /tmp/ct-venv/bin/pip install circuit-tracer==0.5.0 torch==2.13.0
 """
 
 from __future__ import annotations
@@ -123,12 +128,12 @@ def worker(folder: Path) -> None:
         tokens = torch.tensor([req["tokens"]])
         Path("/proc/self/clear_refs").write_text("5")
         before = _memory_kb("VmRSS")
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         graph = feature_graph(model, tcs, tokens, batch_size=req["batch_size"], progress=False,
                               max_feature_nodes=req["max_feature_nodes"], drop_bos=True,
                               softcap="pre", max_n_logits=req["max_n_logits"],
                               desired_logit_prob=req["desired_logit_prob"])
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         peak = _memory_kb("VmHWM") - before
         start = time.perf_counter()
         graph.prune(0.8, 0.98)
@@ -136,7 +141,7 @@ def worker(folder: Path) -> None:
         if req.get("save"):
             torch.save({"nodes": [list(n) for n in graph.nodes], "weights": graph.weights,
                         "rows": graph.rows}, req["save"])
-        print(json.dumps({"seconds": seconds, "peak_mb": peak / 1024,
+        print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "peak_mb": peak / 1024,
                           "prune_seconds": prune_seconds,
                           "n_nodes": len(graph.nodes)}), flush=True)
 
@@ -192,7 +197,8 @@ def compare(ours_path: Path, theirs_path: Path) -> tuple[float, int]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--circuit-tracer-python", help="python of circuit-tracer's own venv")
+    parser.add_argument("--circuit-tracer-python", default=os.environ.get("CIRCUIT_TRACER_PYTHON"),
+                        help="python of circuit-tracer's own venv (default: $CIRCUIT_TRACER_PYTHON)")
     parser.add_argument("--lengths", type=int, nargs="+", default=[16, 128, 512])
     parser.add_argument("--budget", type=int, default=2048, help="max_feature_nodes on both sides")
     parser.add_argument("--batch-size", type=int, default=256)
@@ -237,23 +243,30 @@ def _print(rows, args) -> None:
     print(f"\ntiny-gemma2, 4 transcoders x {D_SAE} latents (L0 ~{L0} per token and layer), "
           f"feature budget {args.budget}, batch {args.batch_size}, {args.threads} CPU thread(s), "
           f"median of {args.repeats}\n")
-    print("| prompt tokens | active features | nodes | ours s | circuit-tracer s | speed-up | "
-          "ours peak MB | circuit-tracer peak MB | prune ours / ct s | max edge diff |")
+    if not args.circuit_tracer_python:
+        print("circuit-tracer not measured: pass --circuit-tracer-python or set "
+              "CIRCUIT_TRACER_PYTHON to its venv's python\n")
+    print("| prompt tokens | active features | graph nodes | ours s (CPU s) | circuit-tracer s "
+          "(CPU s) | speed-up (CPU) | ours peak MB | circuit-tracer peak MB | prune ours / ct s "
+          "| max edge diff |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n, res, agree in rows:
         o = res["ours"]
-        t_o, m_o = _median([r["seconds"] for r in o]), _median([r["peak_mb"] for r in o])
-        p_o = _median([r["prune_seconds"] for r in o])
+
+        def med(side: list[dict], key: str) -> float:
+            return _median([r[key] for r in side])
+
+        t_o, c_o, m_o = med(o, "seconds"), med(o, "cpu_seconds"), med(o, "peak_mb")
         if "circuit-tracer" in res:
             c = res["circuit-tracer"]
-            t_c, m_c = _median([r["seconds"] for r in c]), _median([r["peak_mb"] for r in c])
-            p_c = _median([r["prune_seconds"] for r in c])
-            print(f"| {n} | {c[0]['n_active']:,} | {o[0]['n_nodes']:,} | {t_o:.2f} | {t_c:.2f} | "
-                  f"{t_c / t_o:.2f}x | {m_o:,.0f} | {m_c:,.0f} | {p_o:.2f} / {p_c:.2f} | "
+            t_c, c_c, m_c = med(c, "seconds"), med(c, "cpu_seconds"), med(c, "peak_mb")
+            print(f"| {n} | {c[0]['n_active']:,} | {o[0]['n_nodes']:,} | {t_o:.2f} ({c_o:.2f}) | "
+                  f"{t_c:.2f} ({c_c:.2f}) | {t_c / t_o:.2f}x ({c_c / c_o:.2f}x) | {m_o:,.0f} | "
+                  f"{m_c:,.0f} | {med(o, 'prune_seconds'):.2f} / {med(c, 'prune_seconds'):.2f} | "
                   f"{agree[0]:.1e} ({agree[1]:,} nodes) |")
         else:
-            print(f"| {n} | - | {o[0]['n_nodes']:,} | {t_o:.2f} | - | - | {m_o:,.0f} | - | "
-                  f"{p_o:.2f} / - | - |")
+            print(f"| {n} | - | {o[0]['n_nodes']:,} | {t_o:.2f} ({c_o:.2f}) | - | - | {m_o:,.0f} "
+                  f"| - | {med(o, 'prune_seconds'):.2f} / - | - |")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,10 @@ exactly.
 
 The forward runs once, at batch size 1. Each batch of rows is one ``torch.autograd.grad`` call with
 ``is_grads_batched=True``, which vmaps the backward over the rows: no batched forward, no [batch, head,
-pos, pos] attention tensors, and the graph is kept for the next batch.
+pos, pos] attention tensors, and the graph is kept for the next batch. Each ``hook_z`` carries its
+value unchanged but takes its gradient from ``_attend`` (the frozen pattern applied as a 2-D matrix
+from the right), because TransformerLens's ``pattern @ v`` would copy the pattern once per row in a
+vmapped backward; the forward checks that the two agree.
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ class SiteRun(NamedTuple):
     leaf: Tensor
     """[1, pos, d_out] leaf holding the site's output (``hook_z`` flattened head-major)."""
     features: Tensor
-    """[pos, d_sae] activations (detached)."""
+    """[pos, d_sae] activations (detached, in the SAE's dtype)."""
     error: Tensor
     """[pos, d_out] output minus reconstruction (detached)."""
 
@@ -219,7 +219,7 @@ def frozen_forward(model: Any, saes: Sequence[Any], tokens: Int[Tensor, "1 pos"]
         with torch.no_grad():
             for i, (sae, info) in enumerate(zip(saes, infos, strict=True)):
                 leaf = leaves[info.hook_out]
-                f = sae.encode(inputs[i].detach())[0].to(leaf.dtype)
+                f = sae.encode(inputs[i].detach())[0]  # in the SAE's dtype, which may not be ours
                 error = leaf.detach()[0] - sae.decode(f[None])[0].to(leaf.dtype)
                 sites.append(SiteRun(info, sae, inputs[i], leaf, f, error))
         mlp = {i: leaves[n] for i in range(model.cfg.n_layers)

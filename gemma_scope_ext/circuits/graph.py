@@ -134,7 +134,7 @@ def _layout(run: FrozenRun, tokens: list[int], drop_bos: bool) -> _Layout:
             f[:first] = 0
             pos, feat = torch.nonzero(f, as_tuple=True)
             uniq, inverse = torch.unique(feat, return_inverse=True)
-            directions = decoder_rows(site.sae, uniq).to(site.leaf.dtype)[inverse]
+            directions = decoder_rows(site.sae, uniq)[inverse]
             check_affine(site, f, directions, (pos, feat))
             start = len(nodes)
             acts = f[pos, feat].tolist()
@@ -142,7 +142,8 @@ def _layout(run: FrozenRun, tokens: list[int], drop_bos: bool) -> _Layout:
                 if site.has_inputs:
                     candidates.append((i, p, k, len(nodes)))
                 nodes.append(GraphNode("feature", site.info.site, site.info.layer, p, k, a))
-            groups.append(_group(_source(site.leaf), start, pos, f[pos, feat, None] * directions))
+            vectors_ = (f[pos, feat, None] * directions).to(site.leaf.dtype)
+            groups.append(_group(_source(site.leaf), start, pos, vectors_))
             vectors(site.leaf, site.error, "error", site.info.site, site.info.layer, first)
 
         blocks.append((stream_rank(site.info.hook_out), add_site))

@@ -82,7 +82,45 @@ def _add_eval(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler="gemma_scope_ext.cli.eval:main")
 
-SUBCOMMANDS = [_add_demo, _add_list, _add_info, _add_download, _add_eval]
+
+def _add_graph(sub) -> None:
+    p = sub.add_parser("graph", help="attribution graph of one prompt: circuit-tracer JSON + HTML")
+    p.add_argument("--prompt", required=True, help="the text (BOS is prepended)")
+    p.add_argument("--transcoders", nargs="+", action="extend", required=True,
+                   metavar="FOLDER|RELEASE:SAE_ID",
+                   help="transcoders (or SAEs of any site), as saved folders or release:id pairs; "
+                        "layers without an MLP-side SAE become error nodes")
+    p.add_argument("--out", default="gemma_scope_graph", help="folder for SLUG.json and SLUG.html")
+    p.add_argument("--slug", help="file name and graph id (default: from the prompt)")
+    p.add_argument("--model", default="tiny-gemma2",
+                   help="tiny-gemma2 (offline) or a Gemma 2 name, e.g. gemma-2-2b")
+    p.add_argument("--target", action="append", metavar="TOKEN",
+                   help="a logit target (one token of text); repeat for several (default: the "
+                        "top tokens up to --desired-logit-prob, weighted by probability)")
+    p.add_argument("--max-n-logits", type=int, default=10,
+                   help="at most this many default logit targets")
+    p.add_argument("--desired-logit-prob", type=float, default=0.95,
+                   help="default logit targets cover this much probability")
+    p.add_argument("--softcap", choices=["pre", "post"], default="pre",
+                   help="logit targets read logits before (circuit-tracer's, exact) or after "
+                        "Gemma 2's final soft-cap (what the model reports, linearised)")
+    p.add_argument("--max-feature-nodes", type=int, default=None,
+                   help="attribute at most this many features, most influential first "
+                        "(memory then grows linearly with the prompt)")
+    p.add_argument("--drop-bos", action="store_true",
+                   help="leave out feature and error nodes at position 0, as circuit-tracer does")
+    p.add_argument("--node-threshold", type=float, default=0.8,
+                   help="pruning keeps the nodes carrying this share of the influence")
+    p.add_argument("--edge-threshold", type=float, default=0.98,
+                   help="pruning keeps the edges carrying this share of the edge influence")
+    p.add_argument("--batch-size", type=int, default=32, help="rows per backward pass")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--device", default=None, help="default: cuda when available (cpu for tiny)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler="gemma_scope_ext.cli.graph:main")
+
+
+SUBCOMMANDS = [_add_demo, _add_list, _add_info, _add_download, _add_eval, _add_graph]
 
 
 def build_parser() -> argparse.ArgumentParser:

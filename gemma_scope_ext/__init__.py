@@ -7,8 +7,12 @@ from gemma_scope_ext.circuits import (
     AblationResult,
     AttributionRow,
     AttributionTable,
+    DirectionTarget,
     FeatureGraph,
     GraphNode,
+    GraphScores,
+    LogitTarget,
+    MetricTarget,
     Splice,
     ablate,
     attribution_patching,
@@ -17,6 +21,7 @@ from gemma_scope_ext.circuits import (
     integrated_gradients,
     log_prob,
     logit_diff,
+    salient_logits,
     splice,
     steer,
 )
@@ -133,6 +138,11 @@ __all__ = [
     "site_d_in",
     "tiny_gemma2",
     "tiny_model",
+    "DirectionTarget",
+    "GraphScores",
+    "LogitTarget",
+    "MetricTarget",
+    "salient_logits",
 ]
 
 register_with_sae_lens()

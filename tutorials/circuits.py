@@ -7,7 +7,9 @@ Runs offline in well under a minute:
 1. Fit small JumpReLU transcoders on every layer (a few hundred Adam steps on cached activations).
 2. Rank every feature and error node by attribution patching for a logit difference.
 3. Check the linear estimates against true ablations.
-4. Build the cross-layer feature graph (frozen attention and norms), prune it, save it as JSON.
+4. Build the attribution graph (frozen attention and norms) for the metric and for the model's most
+   probable next tokens, prune them as circuit-tracer does, score them, save circuit-tracer's graph
+   JSON and a self-contained HTML view.
 5. Steer the prediction with the top feature, and clamp it off.
 """
 
@@ -22,6 +24,7 @@ from sae_lens.saes.sae import SAEMetadata
 from tqdm.auto import trange
 
 from gemma_scope_ext import (
+    FeatureGraph,
     ablate,
     attribution_patching,
     clamp,
@@ -105,7 +108,7 @@ def main() -> None:
     est = torch.tensor([r.attribution for r in top])
     print(f"correlation: {torch.corrcoef(torch.stack([est, torch.tensor(effects)]))[0, 1]:.3f}")
 
-    # 4. The cross-layer graph, pruned to the nodes carrying 80% of the metric's influence.
+    # 4. The attribution graph for the metric, pruned to the nodes carrying 80% of its influence.
     graph = feature_graph(model, transcoders, tokens, metric, batch_size=64)
     pruned = graph.prune(node_threshold=0.8, edge_threshold=0.95)
     print(f"\ngraph: {len(graph.nodes)} nodes -> {len(pruned.nodes)} after pruning; "
@@ -114,9 +117,20 @@ def main() -> None:
     print("strongest direct effects on the metric:")
     for e in into_metric[:6]:
         print(f"  {pruned.nodes[e.source].id:>22} -> {pruned.nodes[e.target].id:<22} {e.weight:+.3f}")
+    # Without a metric the targets are circuit-tracer's: the most probable next tokens up to 95%
+    # (at most 10), weighted by probability, read before the final soft-cap. A feature budget
+    # attributes the most influential features first.
+    logits_graph = feature_graph(model, transcoders, tokens, max_feature_nodes=400, drop_bos=True)
+    targets = [n for n in logits_graph.nodes if n.is_target]
+    print("logit targets: " + ", ".join(f"{n.label!r} p={n.weight:.2f}" for n in targets))
+    scores = logits_graph.scores()
+    print(f"replacement score {scores.replacement:.3f}, completeness {scores.completeness:.3f}")
     with tempfile.TemporaryDirectory() as tmp:
-        path = pruned.to_json(Path(tmp) / "graph.json", token_strings=words)
-        print(f"saved {path.name}: {path.stat().st_size} bytes")
+        small = logits_graph.prune()
+        path = small.to_json(Path(tmp) / "graph.json")  # circuit-tracer's viewer opens this
+        assert FeatureGraph.from_json(path).nodes == small.nodes
+        page = small.to_html(Path(tmp) / "graph.html")  # open in a browser, offline
+        print(f"saved {path.name} ({path.stat().st_size} bytes) and {page.name}")
 
     # 5. Steering: push the top feature's decoder direction at the prediction position.
     best = next(r for r in table.features() if r.attribution > 0)

@@ -1,26 +1,29 @@
-"""The cross-layer feature graph of one prompt: direct effects between SAE/transcoder features.
+"""The attribution graph of one prompt: direct effects between SAE/transcoder features and targets.
 
-As circuit-tracer does for Gemma 2 transcoders: attention patterns and every RMSNorm scale are
-frozen at their values on the prompt (detached), and each spliced site's output is replaced by
-``decode(f) + e`` with its features and error as constant leaves. What is left between the nodes is
-linear: the residual stream, attention's OV path through the frozen pattern, and the normalisations
-with frozen scales. The edge from source s to target t is ``a_s * d(input of t)/d(a_s)`` in that
-linear model, which is exactly the change in t's input when s is zeroed and nothing else moves.
+In the frozen replacement model (``frozen``: attention patterns and RMSNorm scales fixed at their
+values on the prompt, each spliced site's output ``decode(f) + e`` with its features and error as
+constants) everything between the nodes is linear, so the edge from source s to target t,
+``a_s * d(input of t)/d(a_s)``, is exactly the change in t's input when s is zeroed and nothing else
+moves. A feature's input is its SAE pre-activation; a target's is its readout (``targets``).
 
-Nodes: token embeddings (per position), active features, error terms (per site and position), MLP
-outputs at layers without a transcoder or MLP SAE (frozen, per position, kind ``error``), and the
-metric. A feature's input is its SAE pre-activation. MLP-SAE and embedding-SAE features have no
-incoming edges (their inputs pass through an MLP's nonlinearity or come straight from the token), so
-they, like errors and embeddings, are sources only. The metric is linearised at the prompt: its
-edges are gradient x activation.
+Nodes: the token embeddings (one per position, including BOS), active features, the error term of
+each site at each position, the output of every MLP that no SAE replaces (kind ``error``, site
+``mlp``: circuit-tracer needs a transcoder on every layer; here any layer may go without), then the
+targets. SAEs of every site mix freely with transcoders. ``drop_bos=True`` leaves out the feature
+and error nodes at position 0, as circuit-tracer does (the BOS token's own node stays).
+
+Work: one forward pass; then the target rows and the feature rows in batches, each batch one
+vectorised backward pass. With ``max_feature_nodes`` the features are attributed in order of their
+influence on what has been attributed so far (re-ranked every ``update_interval`` batches), as
+circuit-tracer does, and the rest are left out of the graph: memory is then
+``(max_feature_nodes + targets) x nodes``, linear in the prompt's length. The budget counts
+features that receive edges; source-only features (MLP-output and embedding SAEs) are all kept.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
-from dataclasses import dataclass, replace
-from pathlib import Path
+import math
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -28,240 +31,255 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from gemma_scope_ext.circuits.splice import SAEHookPoint, SplicedSite, splice
-from gemma_scope_ext.files import write_json
+from gemma_scope_ext.circuits.feature_graph import FeatureGraph
+from gemma_scope_ext.circuits.frozen import (
+    FrozenRun,
+    check_affine,
+    decoder_rows,
+    encoder_rows,
+    frozen_forward,
+    pre_activations,
+    pull_back,
+)
+from gemma_scope_ext.circuits.nodes import Edge, GraphInfo, GraphNode, stream_rank
+from gemma_scope_ext.circuits.pruning import influence
+from gemma_scope_ext.circuits.targets import Readout, Softcap, Target, as_targets, readouts
 
 __all__ = ["Edge", "FeatureGraph", "GraphNode", "feature_graph", "pre_activations"]
 
-_SOURCE_ONLY_SITES = ("mlp", "embedding")
-
-
-class GraphNode(NamedTuple):
-    """One node of the graph."""
-
-    kind: str
-    """``feature``, ``error``, ``embedding`` or ``metric``."""
-    site: str
-    """Gemma Scope site of the feature or error (``embedding`` / ``metric`` for those)."""
-    layer: int | None
-    """Block index, None for the embedding and the metric."""
-    position: int | None
-    """Token position, None for the metric."""
-    feature: int | None
-    """Feature index for feature nodes, else None."""
-    activation: float
-    """Feature activation, the vector's norm for error/embedding nodes, the metric's value."""
-
-    @property
-    def id(self) -> str:
-        """A readable unique name, e.g. ``transcoder.2@5#113`` or ``res.1@7#error``."""
-        if self.kind == "metric":
-            return "metric"
-        if self.kind == "embedding":
-            return f"embedding@{self.position}"
-        tail = "error" if self.kind == "error" else str(self.feature)
-        return f"{self.site}.{self.layer}@{self.position}#{tail}"
-
-
-class Edge(NamedTuple):
-    """A direct effect: ``weight`` is the change in the target's input caused by the source."""
-
-    source: int
-    """Index of the source node."""
-    target: int
-    """Index of the target node."""
-    weight: float
-    """Direct effect of the source's activation on the target's input."""
-
-
-@dataclass(frozen=True)
-class FeatureGraph:
-    """Nodes and the matrix of direct effects between them for one prompt."""
-
-    nodes: tuple[GraphNode, ...]
-    """All nodes; the metric is the last."""
-    adjacency: Tensor
-    """[n, n] with ``adjacency[target, source]`` the direct effect (zero where no edge)."""
-    tokens: tuple[int, ...]
-    """The prompt."""
-
-    def index(self, site: str, layer: int | None, position: int | None,
-              feature: int | None = None, kind: str = "feature") -> int:
-        """Index of a node (``kind`` ``error`` with feature None for an error node)."""
-        for i, n in enumerate(self.nodes):
-            if (n.kind, n.site, n.layer, n.position, n.feature) == (
-                    kind, site, layer, position, feature):
-                return i
-        raise KeyError(f"no {kind} node ({site!r}, {layer}, {position}, {feature}) in the graph")
-
-    def edges(self) -> list[Edge]:
-        """Every non-zero edge, largest magnitude first."""
-        t, s = torch.nonzero(self.adjacency, as_tuple=True)
-        w = self.adjacency[t, s]
-        order = w.abs().argsort(descending=True)
-        return [Edge(int(s[i]), int(t[i]), float(w[i])) for i in order]
-
-    def influence(self) -> Tensor:
-        """Each node's share of the metric through all paths, with every node's |incoming| edges
-        normalised to sum to one (circuit-tracer's indirect influence)."""
-        a = self.adjacency.abs().double()
-        a = a / a.sum(1, keepdim=True).clamp_min(1e-30)
-        n = a.shape[0]
-        e = torch.zeros(n, dtype=a.dtype)
-        e[-1] = 1.0
-        # influence^T = e^T (A + A^2 + ...) = e^T A (I - A)^-1; A is nilpotent (a DAG).
-        return torch.linalg.solve((torch.eye(n, dtype=a.dtype) - a).T, a.T @ e).float()
-
-    def prune(self, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> FeatureGraph:
-        """Keep the nodes carrying ``node_threshold`` of the metric's influence, then the edges
-        carrying ``edge_threshold`` of the remaining influence-weighted edge mass."""
-        if not (0 < node_threshold <= 1 and 0 < edge_threshold <= 1):
-            raise ValueError(f"thresholds must be in (0, 1], got {node_threshold}, {edge_threshold}")
-        inf = self.influence()
-        n = len(self.nodes)
-        keep = torch.zeros(n, dtype=torch.bool)
-        keep[-1] = True
-        order = inf[:-1].argsort(descending=True)
-        cum = inf[:-1][order].cumsum(0) / inf[:-1].sum().clamp_min(1e-30)
-        keep[order[: int((cum < node_threshold).sum()) + 1]] = True
-        a = self.adjacency.abs()
-        a = a / a.sum(1, keepdim=True).clamp_min(1e-30)
-        target_weight = inf.clone()
-        target_weight[-1] = 1.0
-        score = a * target_weight[:, None] * (keep[:, None] & keep[None, :])
-        flat = score.flatten()
-        order = flat.argsort(descending=True)
-        cum = flat[order].cumsum(0) / flat.sum().clamp_min(1e-30)
-        edge_keep = torch.zeros_like(flat, dtype=torch.bool)
-        edge_keep[order[: int((cum < edge_threshold).sum()) + 1]] = True
-        edge_keep &= flat > 0
-        kept_adj = torch.where(edge_keep.view(n, n), self.adjacency, 0.0)
-        used = kept_adj.ne(0).any(0) | kept_adj.ne(0).any(1)
-        used[-1] = True
-        idx = torch.nonzero(used).flatten()
-        return replace(self, nodes=tuple(self.nodes[i] for i in idx.tolist()),
-                       adjacency=kept_adj[idx][:, idx])
-
-    def to_json(self, path: str | os.PathLike, token_strings: list[str] | None = None) -> Path:
-        """Write nodes and edges as JSON, atomically (temp file in the same folder, then rename)."""
-        inf = self.influence().tolist()
-        data = {
-            "tokens": list(self.tokens),
-            "token_strings": token_strings,
-            "nodes": [{"id": n.id, **n._asdict(), "influence": inf[i]}
-                      for i, n in enumerate(self.nodes)],
-            "edges": [{"source": self.nodes[e.source].id, "target": self.nodes[e.target].id,
-                       "weight": e.weight} for e in self.edges()],
-        }
-        return write_json(path, data, indent=1)
-
-
-def pre_activations(sae: Any, x: Tensor) -> Tensor:
-    """The SAE's pre-activations (what its ``hook_sae_acts_pre`` sees) for input ``x``."""
-    seen: dict[str, Tensor] = {}
-    with sae.hooks(fwd_hooks=[("hook_sae_acts_pre", lambda t, hook: seen.setdefault("pre", t))]):
-        sae.encode(x)
-    return seen["pre"]
+_CHUNK_ELEMENTS = 1 << 24  # bound on a [rows, positions, slots + width] block in the contraction
 
 
 class _Group(NamedTuple):
-    """Nodes that share one leaf tensor: a site's features, its errors, embeddings, an MLP out."""
+    """Source nodes sharing one leaf, columns ``start:start + n`` in node order (by position).
 
-    leaf: Callable[[], Tensor]  # the leaf of the latest forward, [batch, pos, width]
-    value: Tensor  # its value on the prompt, [pos, width]
-    per_feature: bool  # one node per active (pos, feature), else one per position
-    index: Tensor  # node index of each (pos) or each active (pos, feature)
-    where: tuple[Tensor, ...]  # positions (and features) of those nodes
+    The nodes at position ``positions[i]`` are the first ones of ``vectors[i]`` [slots, width]
+    (zero-padded); the edge to a node is the leaf's gradient at its position dotted with its
+    vector (activation x decoder row, or the error / embedding vector itself).
+    """
+
+    source: int  # index of the leaf among the pulled-back sources
+    start: int
+    positions: Tensor  # [p] distinct positions
+    vectors: Tensor  # [p, slots, width]
+    valid: Tensor  # [n] indices into the flattened [p, slots] grid, in node order
 
 
-def _freeze_hooks(model: Any, leaves: dict[str, Tensor]) -> list:
-    def detach(x: Tensor, hook: Any) -> Tensor:
-        return x.detach()
+def _group(source: int, start: int, pos: Tensor, vectors: Tensor) -> _Group:
+    """Lay the vectors of nodes sorted by position out as a [rows, slots, width] grid.
 
-    def as_leaf(x: Tensor, hook: Any) -> Tensor:
-        leaves[hook.name] = x.detach().requires_grad_(True)
-        return leaves[hook.name]
+    A row holds up to ``slots`` nodes of one position; a position with more nodes (BOS often has
+    many) takes several rows, so padding stays under about twice the vectors' own size.
+    """
+    device = pos.device
+    positions, counts = torch.unique_consecutive(pos, return_counts=True)
+    if len(counts) == 0:
+        return _Group(source, start, positions, vectors.new_zeros(0, 0, vectors.shape[-1]),
+                      torch.zeros(0, dtype=torch.long, device=device))
+    slots = max(1, math.ceil(2 * len(pos) / len(counts)))
+    per_position = (counts + slots - 1) // slots
+    first_row = torch.cumsum(per_position, 0) - per_position
+    owner = torch.repeat_interleave(torch.arange(len(counts), device=device), counts)
+    rank = torch.arange(len(pos), device=device) - (torch.cumsum(counts, 0) - counts)[owner]
+    row = first_row[owner] + rank // slots
+    slot = rank % slots
+    grid = vectors.new_zeros(int(per_position.sum()), slots, vectors.shape[-1])
+    grid[row, slot] = vectors
+    return _Group(source, start, torch.repeat_interleave(positions, per_position), grid,
+                  row * slots + slot)
 
-    hooks = [(n, detach) for n in model.hook_dict
-             if n.endswith("attn.hook_pattern") or n.endswith("hook_scale")]
-    frozen = [f"blocks.{i}.hook_mlp_out" for i in range(model.cfg.n_layers)] + ["hook_embed"]
-    return hooks + [(n, as_leaf) for n in frozen if not isinstance(model.hook_dict[n], SAEHookPoint)]
+
+class _Layout(NamedTuple):
+    nodes: list[GraphNode]
+    sources: list[Tensor]
+    groups: list[_Group]
+    candidates: list[tuple[int, int, int, int]]  # (site index, position, feature, node index)
+
+
+def _layout(run: FrozenRun, tokens: list[int], drop_bos: bool) -> _Layout:
+    nodes: list[GraphNode] = []
+    sources: list[Tensor] = []
+    groups: list[_Group] = []
+    candidates = []
+    first = 1 if drop_bos else 0
+
+    def vectors(leaf: Tensor, values: Tensor, kind: str, site: str, layer: int | None,
+                from_pos: int) -> None:
+        pos = torch.arange(from_pos, values.shape[0], device=values.device)
+        start = len(nodes)
+        norms = values[pos].norm(dim=-1).tolist()  # one transfer, not one per node
+        for p, norm in zip(pos.tolist(), norms, strict=True):
+            feature = tokens[p] if kind == "embedding" else None
+            nodes.append(GraphNode(kind, site, layer, p, feature, norm))
+        groups.append(_group(_source(leaf), start, pos, values[pos]))
+
+    def _source(leaf: Tensor) -> int:
+        for i, s in enumerate(sources):
+            if s is leaf:
+                return i
+        sources.append(leaf)
+        return len(sources) - 1
+
+    blocks: list[tuple[tuple[int, int], Callable[[], None]]] = []
+    if run.embed is not None:
+        blocks.append(((-1, 0), lambda: vectors(run.embed, run.embed.detach()[0], "embedding",
+                                                "embedding", None, 0)))
+    for layer, leaf in run.mlp.items():
+        blocks.append(((layer, 5), lambda leaf=leaf, layer=layer: vectors(
+            leaf, leaf.detach()[0], "error", "mlp", layer, first)))
+    for i, site in enumerate(run.sites):
+
+        def add_site(i: int = i, site: Any = site) -> None:
+            f = site.features.clone()
+            f[:first] = 0
+            pos, feat = torch.nonzero(f, as_tuple=True)
+            uniq, inverse = torch.unique(feat, return_inverse=True)
+            directions = decoder_rows(site.sae, uniq)[inverse]
+            check_affine(site, f, directions, (pos, feat))
+            start = len(nodes)
+            acts = f[pos, feat].tolist()
+            for p, k, a in zip(pos.tolist(), feat.tolist(), acts, strict=True):
+                if site.has_inputs:
+                    candidates.append((i, p, k, len(nodes)))
+                nodes.append(GraphNode("feature", site.info.site, site.info.layer, p, k, a))
+            vectors_ = (f[pos, feat, None] * directions).to(site.leaf.dtype)
+            groups.append(_group(_source(site.leaf), start, pos, vectors_))
+            vectors(site.leaf, site.error, "error", site.info.site, site.info.layer, first)
+
+        blocks.append((stream_rank(site.info.hook_out), add_site))
+    for _, add in sorted(blocks, key=lambda b: b[0]):
+        add()
+    return _Layout(nodes, sources, groups, candidates)
+
+
+def _contract(grads: list[Tensor | None], groups: list[_Group], out: Tensor) -> None:
+    """Write each group's edges into ``out`` [rows, nodes] (one batched product per chunk)."""
+    b = out.shape[0]
+    for g in groups:
+        grad = grads[g.source]
+        n = len(g.valid)
+        if grad is None or n == 0:
+            continue
+        grad = grad.reshape(b, -1, g.vectors.shape[-1])
+        slots, width = g.vectors.shape[1:]
+        step = max(1, _CHUNK_ELEMENTS // (b * (slots + width)))
+        edges = torch.cat([torch.einsum("bpd,pkd->bpk", grad[:, g.positions[c:c + step]],
+                                        g.vectors[c:c + step]).reshape(b, -1)
+                           for c in range(0, len(g.positions), step)], dim=1)
+        out[:, g.start:g.start + n] = edges[:, g.valid].to(out.dtype)
+
+
+def _target_rows(run: FrozenRun, reads: list[Readout], lay: _Layout, out: Tensor) -> None:
+    go = torch.stack([r.vector for r in reads])[:, None].to(run.unembed_in.dtype)
+    _contract(pull_back([run.unembed_in], [go], lay.sources), lay.groups, out)
+
+
+def _feature_rows(run: FrozenRun, lay: _Layout, batch: list[int], out: Tensor) -> None:
+    by_site: dict[int, list[int]] = {}
+    for r, c in enumerate(batch):
+        by_site.setdefault(lay.candidates[c][0], []).append(r)
+    outputs, grad_outputs = [], []
+    for i, rows in by_site.items():
+        site = run.sites[i]
+        device = site.sae_in.device
+        pos = torch.tensor([lay.candidates[batch[r]][1] for r in rows], device=device)
+        feat = torch.tensor([lay.candidates[batch[r]][2] for r in rows], device=device)
+        enc = encoder_rows(site.sae, site.sae_in.detach()[0, pos], feat)
+        go = torch.zeros(len(batch), *site.sae_in.shape, dtype=site.sae_in.dtype, device=device)
+        go[torch.tensor(rows, device=device), 0, pos] = enc.to(go.dtype)
+        outputs.append(site.sae_in)
+        grad_outputs.append(go)
+    _contract(pull_back(outputs, grad_outputs, lay.sources), lay.groups, out)
+
+
+def _attribute(run: FrozenRun, lay: _Layout, reads: list[Readout], max_feature_nodes: int | None,
+               batch_size: int, update_interval: int, bar: Any) -> tuple[Tensor, Tensor, Tensor]:
+    """Target rows, then feature rows (all, or the most influential within the budget).
+
+    Returns the row buffer [rows, nodes], each row's node, and which candidates were attributed.
+    """
+    device = run.unembed_in.device
+    n_nodes, n_t, n_c = len(lay.nodes), len(reads), len(lay.candidates)
+    first_target = n_nodes - n_t
+    budget = n_c if max_feature_nodes is None else min(max_feature_nodes, n_c)
+    buffer = torch.zeros(n_t + budget, n_nodes, device=device)
+    row_node = torch.zeros(n_t + budget, dtype=torch.long, device=device)
+    for i in range(0, n_t, batch_size):
+        chunk = reads[i:i + batch_size]
+        _target_rows(run, chunk, lay, buffer[i:i + len(chunk)])
+        row_node[i:i + len(chunk)] = first_target + torch.arange(i, i + len(chunk))
+        bar.update(len(chunk))
+    tw = torch.zeros(n_nodes, device=device)
+    tw[first_target:] = torch.tensor([r.weight for r in reads], device=device)
+    cand_nodes = torch.tensor([c[3] for c in lay.candidates], dtype=torch.long, device=device)
+    visited = torch.zeros(n_c, dtype=torch.bool, device=device)
+    st = n_t
+    while st - n_t < budget:
+        if budget == n_c:
+            pending = torch.arange(n_c, device=device)
+        else:
+            # float32 is plenty for an order (as in circuit-tracer) and halves the copy.
+            inf = influence(buffer[:st], row_node[:st], tw, torch.float32)[cand_nodes]
+            ranked = inf.argsort(descending=True, stable=True)
+            size = min(update_interval * batch_size, budget - (st - n_t))
+            pending = ranked[~visited[ranked]][:size]
+        for j in range(0, len(pending), batch_size):
+            batch = pending[j:j + batch_size]
+            _feature_rows(run, lay, batch.tolist(), buffer[st:st + len(batch)])
+            row_node[st:st + len(batch)] = cand_nodes[batch]
+            visited[batch] = True
+            st += len(batch)
+            bar.update(len(batch))
+    return buffer, row_node, visited
 
 
 def feature_graph(
-    model: Any, saes: Any, tokens: Int[Tensor, "1 pos"], metric: Callable[[Tensor], Tensor],
-    batch_size: int = 32, progress: bool = True,
+    model: Any, saes: Any, tokens: Int[Tensor, "1 pos"],
+    metric: Callable[[Tensor], Tensor] | None = None, batch_size: int = 32, progress: bool = True,
+    *, targets: Sequence[Target | int] | Tensor | None = None, softcap: Softcap = "pre",
+    max_feature_nodes: int | None = None, drop_bos: bool = False, max_n_logits: int = 10,
+    desired_logit_prob: float = 0.95, update_interval: int = 4,
 ) -> FeatureGraph:
-    """Direct effects between every node on one prompt (see the module docstring)."""
+    """The attribution graph of one prompt (see the module docstring).
+
+    Targets: ``metric`` (any scalar function of the logits), and/or ``targets`` (token ids,
+    ``LogitTarget``, ``DirectionTarget``, ``MetricTarget``); with neither, circuit-tracer's salient
+    logits (top tokens up to ``desired_logit_prob``, at most ``max_n_logits``, weighted by
+    probability). ``softcap`` says whether logit targets read logits before Gemma 2's final
+    soft-cap (``pre``, exact, circuit-tracer's choice) or after it (``post``, linearised).
+    """
     if tokens.ndim != 2 or tokens.shape[0] != 1:
         raise ValueError(f"feature_graph takes one prompt, tokens of shape [1, pos]; got "
                          f"{tuple(tokens.shape)}")
-    nodes: list[GraphNode] = []
-    groups: list[_Group] = []
-    targets: list[tuple[SplicedSite, int, int, int]] = []  # site, pos, feature, node index
-    leaves: dict[str, Tensor] = {}
-    with splice(model, saes, use_error_term=True) as sp:
-        sp.set_leaf_nodes(True)
-        hooks = _freeze_hooks(model, leaves)
-        with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-            logits = model(tokens)
-        metric_value = float(metric(logits))
-
-        def add_vectors(leaf: Callable[[], Tensor], kind: str, site: str, layer: int | None):
-            value = leaf()[0].detach()
-            start = len(nodes)
-            nodes.extend(GraphNode(kind, site, layer, p, None, float(value[p].norm()))
-                         for p in range(value.shape[0]))
-            pos = torch.arange(value.shape[0])
-            groups.append(_Group(leaf, value, False, start + pos, (pos,)))
-
-        if "hook_embed" in leaves:
-            add_vectors(lambda: leaves["hook_embed"], "embedding", "embedding", None)
-        for layer in range(model.cfg.n_layers):
-            name = f"blocks.{layer}.hook_mlp_out"
-            if name in leaves:
-                add_vectors(lambda name=name: leaves[name], "error", "mlp", layer)
-        for site in sp.sites:
-            f = sp.nodes(site.sae).features[0].detach()
-            pos, feat = torch.nonzero(f, as_tuple=True)
-            start = len(nodes)
-            for p, k in zip(pos.tolist(), feat.tolist(), strict=True):
-                if site.site not in _SOURCE_ONLY_SITES:
-                    targets.append((site, p, k, len(nodes)))
-                nodes.append(GraphNode("feature", site.site, site.layer, p, k, float(f[p, k])))
-            groups.append(_Group(lambda s=site: sp.nodes(s.sae).features, f, True,
-                                 start + torch.arange(len(pos)), (pos, feat)))
-            add_vectors(lambda s=site: sp.nodes(s.sae).error, "error", site.site, site.layer)
-        nodes.append(GraphNode("metric", "metric", None, None, None, metric_value))
-        adjacency = torch.zeros(len(nodes), len(nodes))
-
-        def fill(rows: list[int], objective: Callable[[Tensor], Tensor], batch: int) -> None:
-            with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
-                logits = model(tokens.expand(batch, -1))
-                grads = torch.autograd.grad(objective(logits), [g.leaf() for g in groups],
-                                            allow_unused=True)
-            for g, grad in zip(groups, grads, strict=True):
-                if grad is None:
-                    continue
-                if g.per_feature:
-                    w = (grad * g.value)[:, g.where[0], g.where[1]]
-                else:
-                    w = (grad * g.value).sum(-1)[:, g.where[0]]
-                adjacency[torch.tensor(rows)[:, None], g.index[None, :]] = w.detach()
-
-        chunks = [targets[i:i + batch_size] for i in range(0, len(targets), batch_size)]
-        for chunk in tqdm(chunks, desc="feature graph", disable=not progress):
-
-            def objective(_: Tensor, chunk: list = chunk) -> Tensor:
-                # Row r of the batch carries target r: rows never mix in a frozen forward.
-                pre: dict[str, Tensor] = {}
-                total = torch.zeros(())
-                for r, (site, p, k, _) in enumerate(chunk):
-                    if site.hook_out not in pre:
-                        pre[site.hook_out] = pre_activations(site.sae, sp.nodes(site.sae).sae_in)
-                    total = total + pre[site.hook_out][r, p, k]
-                return total
-
-            fill([t[3] for t in chunk], objective, len(chunk))
-        fill([len(nodes) - 1], metric, 1)
-    return FeatureGraph(tuple(nodes), adjacency, tuple(tokens[0].tolist()))
+    if batch_size < 1 or update_interval < 1:
+        raise ValueError(f"batch_size and update_interval must be >= 1, got {batch_size}, "
+                         f"{update_interval}")
+    if max_feature_nodes is not None and max_feature_nodes < 0:
+        raise ValueError(f"max_feature_nodes must be >= 0 or None, got {max_feature_nodes}")
+    saes = list(saes) if isinstance(saes, (list, tuple)) else [saes]
+    tok = model.tokenizer
+    decode = (lambda t: tok.decode([t])) if tok is not None else None
+    cap = float(getattr(model.cfg, "output_logits_soft_cap", 0.0) or 0.0)
+    with frozen_forward(model, saes, tokens) as run:
+        chosen = as_targets(metric, targets, run.logits, max_n_logits, desired_logit_prob)
+        reads = readouts(chosen, run.logits, run.pre_logits, run.unembed_in, model.W_U, cap,
+                         softcap, decode)
+        lay = _layout(run, tokens[0].tolist(), drop_bos)
+        lay.nodes.extend(GraphNode(r.kind, r.kind, None, r.position, r.feature, r.value, r.weight,
+                                   r.label) for r in reads)
+        n_c = len(lay.candidates)
+        total = len(reads) + (n_c if max_feature_nodes is None else min(max_feature_nodes, n_c))
+        bar = tqdm(total=total, desc="feature graph", disable=not progress)
+        buffer, row_node, visited = _attribute(run, lay, reads, max_feature_nodes, batch_size,
+                                               update_interval, bar)
+        bar.close()
+        info = GraphInfo(model.cfg.n_layers, model.cfg.d_vocab, softcap, drop_bos,
+                         tuple(s.info for s in run.sites))
+    keep = torch.ones(len(lay.nodes), dtype=torch.bool)
+    keep[[c[3] for c, seen in zip(lay.candidates, visited.tolist(), strict=True) if not seen]] = False
+    # Columns first: without them the row buffer is much smaller, and its copy too.
+    weights = buffer if keep.all() else buffer[:, keep.to(buffer.device)]
+    weights = weights[row_node.argsort()].cpu()
+    strings = tuple(model.to_str_tokens(tokens[0])) if tok is not None else ()
+    return FeatureGraph(tuple(n for n, k in zip(lay.nodes, keep.tolist(), strict=True) if k),
+                        weights, tuple(tokens[0].tolist()), strings, info)

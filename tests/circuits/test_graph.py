@@ -1,19 +1,26 @@
-"""The cross-layer feature graph: every edge checked against a brute-force frozen model built from
-cached attention patterns and norm scales; pruning and JSON on a hand-built graph."""
+"""The attribution graph: every edge checked against a brute-force frozen model built from cached
+attention patterns and norm scales (feature targets, an exact pre-cap logit target, a metric);
+post-cap logits against the same metric written by hand; clear errors for what it cannot do."""
 
 from __future__ import annotations
 
 import copy
-import json
 
 import pytest
 import torch
+from sae_lens import JumpReLUSkipTranscoder, JumpReLUSkipTranscoderConfig
+from sae_lens.saes.sae import SAEMetadata
 
 from gemma_scope_ext.circuits.attribution import logit_diff
-from gemma_scope_ext.circuits.graph import FeatureGraph, GraphNode, feature_graph, pre_activations
+from gemma_scope_ext.circuits.frozen import pre_activations
+from gemma_scope_ext.circuits.graph import feature_graph
+from gemma_scope_ext.circuits.targets import LogitTarget, MetricTarget
 from tests.helpers.random_saes import random_jumprelu as _random_jumprelu
 
 POS = 11
+TOKEN = 7
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_jumprelu(cache, hook, **kwargs):
@@ -54,7 +61,7 @@ class BruteForce:
             self.values[out + "#e"] = (_flat(self.cache[out]) - sae.decode(f)).detach()[0]
 
     def run(self, values):
-        """Pre-activations of every SAE and the logits, for the given node values."""
+        """Pre-activations of every SAE, the logits, and the pre-cap logits, for these values."""
         inputs = {}
 
         def replay(x, hook):
@@ -75,10 +82,13 @@ class BruteForce:
         hooks += [(s.cfg.metadata.hook_name, capture) for s in self.saes]
         hooks += [(n, put) for n in self.values if "#" not in n]
         hooks += [(n, put) for n in self.outs]
+        hooks += [("ln_final.hook_normalized", capture)]
         logits = self.model.run_with_hooks(self.tokens, fwd_hooks=hooks)
-        pre = {out: pre_activations(s, inputs[s.cfg.metadata.hook_name])[0]
+        pre = {out: pre_activations(s, inputs[s.cfg.metadata.hook_name])[0].detach()
                for out, s in self.outs.items()}
-        return pre, logits
+        # Pre-cap logits from the final norm's output, not from the graph's unembed hook.
+        final = inputs["ln_final.hook_normalized"][0] * self.model.ln_final.w
+        return pre, logits, final @ self.model.W_U + self.model.b_U
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +103,9 @@ def case(tiny_model, eval_tokens):
                         seed=3),
         random_jumprelu(cache, "blocks.3.attn.hook_z", seed=4),
     ]
-    metric = logit_diff(POS, int(tokens[0, POS + 1]), 7)
-    graph = feature_graph(tiny_model, saes, tokens, metric, batch_size=64, progress=False)
+    metric = logit_diff(POS, int(tokens[0, POS + 1]), TOKEN)
+    graph = feature_graph(tiny_model, saes, tokens, metric, batch_size=64, progress=False,
+                          targets=[LogitTarget(TOKEN, POS, weight=0.5)], softcap="pre")
     return tokens, saes, metric, graph, BruteForce(tiny_model, saes, tokens)
 
 
@@ -111,95 +122,131 @@ def _source_key(brute, node):
     return (out if out in brute.values else out + "#e"), (node.position,)
 
 
+def _ablated(brute, graph, sources):
+    values = {k: v.clone() for k, v in brute.values.items()}
+    for s in sources:
+        name, idx = _source_key(brute, graph.nodes[s])
+        values[name][idx] = 0.0
+    return brute.run(values)
+
+
 def test_node_set_matches_the_prompt(case):
     tokens, saes, metric, graph, brute = case
     kinds = [n.kind for n in graph.nodes]
     assert kinds.count("embedding") == tokens.shape[1]
-    assert graph.nodes[-1].kind == "metric"
+    assert [n.feature for n in graph.nodes if n.kind == "embedding"] == tokens[0].tolist()
+    assert kinds[-2:] == ["metric", "logit"] and graph.nodes[-1].weight == 0.5
     n_active = sum(int(brute.values[k].ne(0).sum()) for k in brute.values if k.endswith("#f"))
     assert kinds.count("feature") == n_active
     # Errors: one per position for each of 4 sites and the 2 MLPs with no transcoder.
     assert kinds.count("error") == 6 * tokens.shape[1]
-    assert graph.nodes[-1].activation == pytest.approx(float(metric(brute.run(brute.values)[1])),
+    with torch.no_grad():
+        _, logits, pre = brute.run(brute.values)
+    assert graph.nodes[-2].activation == pytest.approx(float(metric(logits)), abs=1e-4)
+    assert graph.nodes[-1].activation == pytest.approx(float(pre[POS, TOKEN] - pre[POS].mean()),
                                                        abs=1e-4)
+    # Listed in residual-stream order: no edge from a later layer into an earlier one.
+    layer = torch.tensor([-1 if n.layer is None else n.layer for n in graph.nodes])
+    r, s = torch.nonzero(graph.weights, as_tuple=True)
+    t = graph.rows[r]
+    feature_targets = torch.tensor([graph.nodes[i].kind == "feature" for i in t.tolist()])
+    assert (layer[s][feature_targets] <= layer[t][feature_targets]).all()
 
 
 def test_edges_equal_brute_force_direct_effects(case):
     _, _, _, graph, brute = case
-    clean_pre, _ = brute.run(brute.values)
+    clean_pre, _, _ = brute.run(brute.values)
     out_of = {("transcoder", 0): "blocks.0.hook_mlp_out", ("res", 1): "blocks.1.hook_resid_post",
               ("transcoder", 2): "blocks.2.hook_mlp_out", ("att", 3): "blocks.3.attn.hook_z"}
     # One target in each site that has inputs, at the metric position; every non-zero source.
     checked = 0
+    adjacency = graph.adjacency
     for target_site in [("res", 1), ("transcoder", 2), ("att", 3)]:
         t = next(i for i, n in enumerate(graph.nodes) if n.kind == "feature"
                  and (n.site, n.layer) == target_site and n.position == POS)
         tn = graph.nodes[t]
-        sources = torch.nonzero(graph.adjacency[t]).flatten().tolist()
+        sources = torch.nonzero(adjacency[t]).flatten().tolist()
         assert sources
         # Zeroing every source at once leaves the bias; each source's edge adds to the rest.
-        zero_all = {k: v.clone() for k, v in brute.values.items()}
-        for s in sources:
-            name, idx = _source_key(brute, graph.nodes[s])
-            zero_all[name][idx] = 0.0
-        pre_none, _ = brute.run(zero_all)
+        pre_none, _, _ = _ablated(brute, graph, sources)
         key = out_of[target_site]
         total = clean_pre[key][POS, tn.feature]
         rest = pre_none[key][POS, tn.feature]
-        assert float(graph.adjacency[t].sum()) == pytest.approx(float(total - rest), abs=1e-3)
+        assert float(adjacency[t].sum()) == pytest.approx(float(total - rest), abs=1e-3)
         for s in sources[:: max(1, len(sources) // 6)]:
-            name, idx = _source_key(brute, graph.nodes[s])
-            values = {k: v.clone() for k, v in brute.values.items()}
-            values[name][idx] = 0.0
-            pre, _ = brute.run(values)
+            pre, _, _ = _ablated(brute, graph, [s])
             effect = float(total - pre[key][POS, tn.feature])
-            assert float(graph.adjacency[t, s]) == pytest.approx(effect, rel=1e-3, abs=1e-5)
+            assert float(adjacency[t, s]) == pytest.approx(effect, rel=1e-3, abs=1e-5)
             checked += 1
     assert checked >= 12
-    # No edges into sources-only nodes, and none from later layers to earlier ones.
+    # No edges into sources-only nodes.
     for i, n in enumerate(graph.nodes):
         if n.kind in ("error", "embedding"):
-            assert not graph.adjacency[i].any()
+            assert not adjacency[i].any()
+
+
+def test_pre_cap_logit_edges_are_exact_direct_effects(case):
+    _, _, _, graph, brute = case
+    _, _, clean = brute.run(brute.values)
+    row = graph.adjacency[-1]
+    sources = torch.nonzero(row).flatten().tolist()
+    assert len(sources) > 20
+
+    def demeaned(pre):
+        return float(pre[POS, TOKEN] - pre[POS].mean())
+
+    _, _, none = _ablated(brute, graph, sources)
+    assert float(row.sum()) == pytest.approx(demeaned(clean) - demeaned(none), abs=1e-3)
+    for s in sources[:: max(1, len(sources) // 8)]:
+        _, _, pre = _ablated(brute, graph, [s])
+        assert float(row[s]) == pytest.approx(demeaned(clean) - demeaned(pre), rel=1e-3, abs=1e-5)
 
 
 def test_metric_edges_are_gradient_times_activation(case):
     _, _, metric, graph, brute = case
     values = {k: v.clone().requires_grad_(True) for k, v in brute.values.items()}
-    _, logits = brute.run(values)
+    _, logits, _ = brute.run(values)
     grads = dict(zip(values, torch.autograd.grad(metric(logits), list(values.values()),
                                                  allow_unused=True), strict=True))
-    row = graph.adjacency[-1]
+    row = graph.adjacency[-2]
     for s in torch.nonzero(row).flatten().tolist()[::5]:
         name, idx = _source_key(brute, graph.nodes[s])
         expected = (grads[name][idx] * brute.values[name][idx]).sum()
         assert float(row[s]) == pytest.approx(float(expected), rel=1e-3, abs=1e-5)
 
 
-def _hand_graph():
-    node = GraphNode
-    nodes = (node("embedding", "embedding", None, 0, None, 1.0),
-             node("feature", "transcoder", 0, 0, 5, 1.0),
-             node("feature", "transcoder", 1, 0, 6, 1.0),
-             node("feature", "transcoder", 0, 0, 7, 1.0),
-             node("metric", "metric", None, None, None, 2.0))
-    a = torch.zeros(5, 5)
-    a[4, 1], a[4, 2] = 3.0, -1.0  # metric <- A (3), B (-1)
-    a[1, 0] = 2.0  # A <- embedding
-    a[2, 0], a[2, 3] = 1.0, 1.0  # B <- embedding, C
-    return FeatureGraph(nodes, a, (2,))
+def test_post_cap_logits_read_what_the_model_reports(tiny_model, case):
+    tokens, saes, _, pre_graph, _ = case
+
+    def demeaned(logits):  # the post-cap logit, demeaned, written as a plain metric
+        return logits[0, POS, TOKEN] - logits[0, POS].mean()
+
+    # A budget of 0 features: only the target rows, against every source node.
+    graph = feature_graph(tiny_model, saes, tokens, progress=False, max_feature_nodes=0,
+                          targets=[LogitTarget(TOKEN, POS, weight=1.0),
+                                   MetricTarget("demeaned", demeaned)], softcap="post")
+    logit, metric = graph.weights[-2], graph.weights[-1]
+    assert graph.nodes[-2].activation == pytest.approx(graph.nodes[-1].activation, abs=1e-5)
+    torch.testing.assert_close(logit, metric, rtol=1e-4, atol=1e-6)
+    # Negative control: the pre-cap node is a different quantity (the soft-cap bends it).
+    ids = {n.id: i for i, n in enumerate(pre_graph.nodes)}
+    cols = torch.tensor([ids[n.id] for n in graph.nodes[:-2]])
+    pre_row = pre_graph.adjacency[-1][cols]
+    assert (pre_row - logit[:-2]).abs().max() > 1e-2 * pre_row.abs().max()
 
 
-def test_influence_and_pruning_on_a_hand_built_graph(tmp_path):
-    graph = _hand_graph()
-    # By hand: metric row normalised (A .75, B .25); B's row (emb .5, C .5).
-    torch.testing.assert_close(graph.influence(),
-                               torch.tensor([0.875, 0.75, 0.25, 0.125, 0.0]))
-    pruned = graph.prune(node_threshold=0.8, edge_threshold=1.0)
-    assert [n.id for n in pruned.nodes] == ["embedding@0", "transcoder.0@0#5", "metric"]
-    assert pruned.adjacency.tolist() == [[0, 0, 0], [2.0, 0, 0], [0, 3.0, 0]]
-    path = graph.to_json(tmp_path / "graph.json", token_strings=["<bos>"])
-    data = json.loads(path.read_text())
-    assert [n["id"] for n in data["nodes"]][-1] == "metric"
-    assert data["edges"][0] == {"source": "transcoder.0@0#5", "target": "metric", "weight": 3.0}
-    assert len(data["edges"]) == 5
-    assert [p.name for p in tmp_path.iterdir()] == ["graph.json"]
+def test_clear_errors_before_any_work(tiny_model, eval_tokens, case):
+    tokens, saes, metric, _, _ = case
+    skip = JumpReLUSkipTranscoder(JumpReLUSkipTranscoderConfig(
+        d_in=128, d_sae=8, d_out=128, apply_b_dec_to_input=False, metadata=SAEMetadata(
+            hook_name="blocks.1.ln2.hook_normalized", hook_name_out="blocks.1.hook_mlp_out")))
+    with pytest.raises(ValueError, match="JumpReLUSkipTranscoder has a skip connection"):
+        feature_graph(tiny_model, [saes[0], skip], tokens, metric, progress=False)
+    neurons = copy.deepcopy(saes[1])
+    neurons.cfg.metadata.hook_name = "blocks.1.mlp.hook_post"
+    with pytest.raises(ValueError, match="feature_graph supports SAEs at"):
+        feature_graph(tiny_model, [neurons], tokens, metric, progress=False)
+    with pytest.raises(ValueError, match="one prompt"):
+        feature_graph(tiny_model, saes, eval_tokens[:2], metric, progress=False)
+    with pytest.raises(ValueError, match="softcap must be"):
+        feature_graph(tiny_model, saes, tokens, metric, progress=False, softcap="both")

@@ -97,7 +97,7 @@ def _add_graph(sub) -> None:
     p.add_argument("--target", action="append", metavar="TOKEN",
                    help="a logit target (one token of text); repeat for several (default: the "
                         "top tokens up to --desired-logit-prob, weighted by probability)")
-    p.add_argument("--max-n-logits", type=int, default=10,
+    p.add_argument("--max-n-logits", type=positive_int, default=10,
                    help="at most this many default logit targets")
     p.add_argument("--desired-logit-prob", type=float, default=0.95,
                    help="default logit targets cover this much probability")
@@ -113,8 +113,9 @@ def _add_graph(sub) -> None:
                    help="pruning keeps the nodes carrying this share of the influence")
     p.add_argument("--edge-threshold", type=float, default=0.98,
                    help="pruning keeps the edges carrying this share of the edge influence")
-    p.add_argument("--batch-size", type=int, default=32, help="rows per backward pass")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="rows per backward pass")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="precision the model runs in")
     p.add_argument("--device", default=None, help="default: cuda when available (cpu for tiny)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler="gemma_scope_ext.cli.graph:main")

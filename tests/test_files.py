@@ -20,7 +20,6 @@ from gemma_scope_ext.files import (
     write_text,
 )
 
-
 FILES = gemma_scope_ext.files.__file__
 
 

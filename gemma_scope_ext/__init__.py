@@ -31,6 +31,16 @@ from gemma_scope_ext.evals import (
     evaluate_transfer,
     position_buckets,
 )
+from gemma_scope_ext.features import (
+    FeatureConfig,
+    FeatureData,
+    LatentView,
+    collect_features,
+    load_features,
+    render_saved,
+    save_features,
+    write_dashboard,
+)
 from gemma_scope_ext.models import (
     FAMILIES,
     GEMMA2_MODELS,
@@ -133,6 +143,14 @@ __all__ = [
     "site_d_in",
     "tiny_gemma2",
     "tiny_model",
+    "FeatureConfig",
+    "FeatureData",
+    "LatentView",
+    "collect_features",
+    "load_features",
+    "render_saved",
+    "save_features",
+    "write_dashboard",
 ]
 
 register_with_sae_lens()

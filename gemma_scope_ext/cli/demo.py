@@ -79,4 +79,7 @@ def main(args: argparse.Namespace) -> int:
               f"{result.mean_ablation_loss - result.clean_loss:+.3f} nats; the SAE recovers "
               f"{result.loss_recovered:.1%} of the zero-ablation loss")  # fmt: skip
         _print_top_latents(model, sae, args.prompt)
+    from gemma_scope_ext.features.demo import write_demo_dashboard
+
+    write_demo_dashboard(model, sae, getattr(args, "features_out", "gemma_scope_demo_features"))
     return 0

@@ -1,0 +1,167 @@
+"""Feature collection against a clean forward of the same tokens with the SAE spliced, one process.
+
+    python -m benchmarks.bench_features [--d-sae 2048 --l0 64 --n-seqs 64 --threads 1]
+    python -m benchmarks.bench_features --device cuda --model gemma-2-2b \\
+        --sae gemma-scope-2b-pt-res-canonical:layer_20/width_16k/canonical     # on a GPU
+
+Prints two markdown tables. Time: the spliced forward (``splice``, error term on, logits), the
+collection pass (``collect_latents``: forward up to the SAE's block, encode, every per-latent
+record), the same forward and encode recording nothing (the floor), and the per-SAE finish
+(output view and token texts); timed in turn (ABAB...), best of ``--repeats``. Memory: the
+recorder's tensors and the peak resident memory of a fresh process as the tokens grow 16-fold.
+Offline the SAE is a random JumpReLU SAE on the tiny model whose threshold gives the asked L0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+from gemma_scope_ext.circuits.splice import splice
+from gemma_scope_ext.evals.metrics import _flat
+from gemma_scope_ext.features.build import collect_features
+from gemma_scope_ext.features.collect import collect_latents, stop_layer
+from gemma_scope_ext.features.config import FeatureConfig
+from gemma_scope_ext.models.loading import load_model
+from gemma_scope_ext.models.text import sample_tokens
+
+
+def random_sae(model, hook: str, d_sae: int, l0: float, seed: int = 0):
+    """A JumpReLU SAE at ``hook`` with one shared threshold set so that its mean L0 is ``l0``."""
+    from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    g = torch.Generator().manual_seed(seed)
+    tokens = sample_tokens(model.tokenizer, 8, 128, "train")
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=[hook])
+    x = _flat(cache[hook])[:, 1:].flatten(0, 1).float().cpu()
+    d_in = x.shape[-1]
+    sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae, metadata=SAEMetadata(hook_name=hook)))
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(d_in, d_sae, generator=g) / x.norm(dim=-1).mean())
+        sae.W_dec.copy_(torch.randn(d_sae, d_in, generator=g) / d_in**0.5)
+        sae.b_enc.zero_()
+        pre = x @ sae.W_enc
+        sae.threshold.fill_(float(pre.flatten().kthvalue(int(pre.numel() * (1 - l0 / d_sae))).values))
+    return sae.to(model.cfg.device)
+
+
+def best_of_alternating(runs: dict, repeats: int) -> dict[str, float]:
+    """Fastest of ``repeats`` rounds per run, the runs taking turns within each round."""
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            _sync()
+            start = time.perf_counter()
+            fn()
+            _sync()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _memory_worker(args: argparse.Namespace) -> None:
+    """In a fresh process: stream ``repeats`` copies of the tokens; print state bytes, peak RSS."""
+    model, sae, tokens = _setup(args)
+    cfg = FeatureConfig()
+
+    def stream():
+        for _ in range(args.memory_worker):
+            yield from tokens.split(args.batch_size)
+
+    rec = collect_latents(model, [sae], stream(), cfg, progress=False)[0]
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(rec.n_tokens, rec.state_bytes(), peak_kib)
+
+
+def _setup(args: argparse.Namespace):
+    torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)
+    model = load_model(args.model, device=args.device)
+    if args.sae:
+        from gemma_scope_ext.cli.eval import load_sae
+
+        sae = load_sae(args.sae, str(model.cfg.device))[1]
+    else:
+        sae = random_sae(model, args.hook, args.d_sae, args.l0)
+    tokens = sample_tokens(model.tokenizer, args.n_seqs, args.seq_len, "train")
+    return model, sae, tokens
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="tiny-gemma2")
+    p.add_argument("--sae", default=None, help="FOLDER or RELEASE:SAE_ID (default: random)")
+    p.add_argument("--hook", default="blocks.2.hook_resid_post", help="hook of the random SAE")
+    p.add_argument("--d-sae", type=int, default=2048, help="latents of the random SAE")
+    p.add_argument("--l0", type=float, default=64, help="mean L0 of the random SAE")
+    p.add_argument("--n-seqs", type=int, default=64)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--device", default=None)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--memory-worker", type=int, default=0, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.memory_worker:
+        return _memory_worker(args)
+    model, sae, tokens = _setup(args)
+    batches = list(tokens.to(model.cfg.device).split(args.batch_size))
+    hook, cfg = sae.cfg.metadata.hook_name, FeatureConfig()
+    stop = stop_layer(model, [hook])
+    feats = (sae.encode(_flat(model.run_with_cache(batches[0], names_filter=[hook])[1][hook]))
+             > 0).float().sum(-1)[:, 1:].mean()  # fmt: skip
+
+    def spliced():
+        with splice(model, [sae]):
+            for b in batches:
+                model(b, return_type="logits")
+
+    def floor():
+        for b in batches:
+            _, cache = model.run_with_cache(b, names_filter=[hook], stop_at_layer=stop)
+            sae.encode(_flat(cache[hook]))
+
+    runs = {
+        "forward with the SAE spliced (logits)": spliced,
+        "collection pass (collect_latents)": lambda: collect_latents(model, [sae], batches, cfg,
+                                                                     progress=False),
+        "forward to the site + encode, nothing recorded": floor,
+        "collect_features (pass + output view + token texts)": lambda: collect_features(
+            model, sae, batches, config=cfg, progress=False),
+    }  # fmt: skip
+    spliced()  # warm-up
+    seconds = best_of_alternating(runs, args.repeats)
+    base = seconds["forward with the SAE spliced (logits)"]
+    n_tokens = tokens.numel()
+    device = str(model.cfg.device)
+    print(f"{args.model}, {hook}, d_sae {sae.cfg.d_sae}, L0 {float(feats):.0f}, {args.n_seqs} x "
+          f"{args.seq_len} tokens, batch {args.batch_size}, {device}, {torch.get_num_threads()} "
+          f"CPU thread(s), best of {args.repeats} alternating\n")  # fmt: skip
+    print("| run | seconds | tokens/s | x spliced forward |")
+    print("|---|---:|---:|---:|")
+    for name, s in seconds.items():
+        print(f"| {name} | {s:.3f} | {n_tokens / s:,.0f} | {s / base:.2f} |")
+    print("\n| tokens streamed | recorder tensors (MiB) | peak RSS of the process (MiB) |")
+    print("|---:|---:|---:|")
+    forwarded = [a for a in sys.argv[1:] if a != "--memory-worker"] if argv is None else argv
+    for repeats in (1, 4, 16):
+        done = subprocess.run([sys.executable, "-m", "benchmarks.bench_features", *forwarded,
+                               "--memory-worker", str(repeats)], capture_output=True, text=True,
+                              check=True)  # fmt: skip
+        n, state, peak = done.stdout.split()[-3:]
+        print(f"| {int(n):,} | {int(state) / 2**20:.1f} | {int(peak) / 1024:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -5,9 +5,11 @@
         --sae gemma-scope-2b-pt-res-canonical:layer_20/width_16k/canonical     # on a GPU
 
 Prints two markdown tables. Time: the spliced forward (``splice``, error term on, logits), the
-collection pass (``collect_latents``: forward up to the SAE's block, encode, every per-latent
-record), the same forward and encode recording nothing (the floor), and the per-SAE finish
-(output view and token texts); timed in turn (ABAB...), best of ``--repeats``. Memory: the
+collection pass (``FeaturePass.step``, what ``collect_features`` runs per batch: forward up to the
+SAE's block, encode, every per-latent record), the same forward and encode recording nothing (the
+floor), each summed over the batches with the three taking turns batch by batch (so drift in the
+shared machine's speed falls on all three), best of ``--repeats`` passes; and the once-per-SAE
+finish (output view and token texts). Memory: the
 recorder's tensors and the peak resident memory of a fresh process as the tokens grow 16-fold.
 Offline the SAE is a random JumpReLU SAE on the tiny model whose threshold gives the asked L0.
 """
@@ -24,9 +26,10 @@ import torch
 
 from gemma_scope_ext.circuits.splice import splice
 from gemma_scope_ext.evals.metrics import _flat
-from gemma_scope_ext.features.build import collect_features
-from gemma_scope_ext.features.collect import collect_latents, stop_layer
+from gemma_scope_ext.features.build import sae_info, to_feature_data
+from gemma_scope_ext.features.collect import FeaturePass, collect_latents, stop_layer
 from gemma_scope_ext.features.config import FeatureConfig
+from gemma_scope_ext.features.output import output_view
 from gemma_scope_ext.models.loading import load_model
 from gemma_scope_ext.models.text import sample_tokens
 
@@ -52,17 +55,45 @@ def random_sae(model, hook: str, d_sae: int, l0: float, seed: int = 0):
     return sae.to(model.cfg.device)
 
 
-def best_of_alternating(runs: dict, repeats: int) -> dict[str, float]:
-    """Fastest of ``repeats`` rounds per run, the runs taking turns within each round."""
-    best = dict.fromkeys(runs, float("inf"))
+def time_interleaved(model, sae, batches, cfg, repeats: int) -> dict[str, float]:
+    """Seconds over all batches of each run, the runs taking turns batch by batch (ABCABC...),
+    best of ``repeats`` passes; the collection pass keeps its state across the batches."""
+    hook = sae.cfg.metadata.hook_name
+    stop = stop_layer(model, [hook])
+    names = ("forward with the SAE spliced (logits)", "collection pass (FeaturePass.step)",
+             "forward to the site + encode, nothing recorded")  # fmt: skip
+    best = dict.fromkeys(names, float("inf"))
+    def floor(b):
+        _, cache = model.run_with_cache(b, names_filter=[hook], stop_at_layer=stop)
+        sae.encode(_flat(cache[hook]))
+
+    def finish(rec):
+        info = sae_info(model, sae)
+        view = output_view(model, sae, info.hook_name_out, cfg.n_logits)._asdict()
+        to_feature_data(rec, info, view, model.tokenizer)
+
+    last = "finish per SAE (output view, token texts)"
+    best[last] = float("inf")
     for _ in range(repeats):
-        for name, fn in runs.items():
-            _sync()
-            start = time.perf_counter()
-            fn()
-            _sync()
-            best[name] = min(best[name], time.perf_counter() - start)
+        spent = dict.fromkeys(names, 0.0)
+        with FeaturePass(model, [sae], cfg) as run:
+            for b in batches:
+                with splice(model, [sae]):
+                    spent[names[0]] += _timed(model, b, return_type="logits")
+                spent[names[1]] += _timed(run.step, b)
+                spent[names[2]] += _timed(floor, b)
+        for k in names:
+            best[k] = min(best[k], spent[k])
+        best[last] = min(best[last], _timed(finish, run.recorders[0]))
     return best
+
+
+def _timed(fn, *args, **kwargs) -> float:
+    _sync()
+    start = time.perf_counter()
+    fn(*args, **kwargs)
+    _sync()
+    return time.perf_counter() - start
 
 
 def _sync() -> None:
@@ -81,6 +112,8 @@ def _memory_worker(args: argparse.Namespace) -> None:
 
     rec = collect_latents(model, [sae], stream(), cfg, progress=False)[0]
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if str(model.cfg.device).startswith("cuda"):  # the state lives in GPU memory: that peak
+        peak_kib = torch.cuda.max_memory_allocated() // 1024
     print(rec.n_tokens, rec.state_bytes(), peak_kib)
 
 
@@ -105,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--hook", default="blocks.2.hook_resid_post", help="hook of the random SAE")
     p.add_argument("--d-sae", type=int, default=2048, help="latents of the random SAE")
     p.add_argument("--l0", type=float, default=64, help="mean L0 of the random SAE")
-    p.add_argument("--n-seqs", type=int, default=64)
+    p.add_argument("--n-seqs", type=int, default=256)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -118,47 +151,33 @@ def main(argv: list[str] | None = None) -> None:
     model, sae, tokens = _setup(args)
     batches = list(tokens.to(model.cfg.device).split(args.batch_size))
     hook, cfg = sae.cfg.metadata.hook_name, FeatureConfig()
-    stop = stop_layer(model, [hook])
     feats = (sae.encode(_flat(model.run_with_cache(batches[0], names_filter=[hook])[1][hook]))
              > 0).float().sum(-1)[:, 1:].mean()  # fmt: skip
-
-    def spliced():
-        with splice(model, [sae]):
-            for b in batches:
-                model(b, return_type="logits")
-
-    def floor():
+    with splice(model, [sae]):  # warm-up
         for b in batches:
-            _, cache = model.run_with_cache(b, names_filter=[hook], stop_at_layer=stop)
-            sae.encode(_flat(cache[hook]))
-
-    runs = {
-        "forward with the SAE spliced (logits)": spliced,
-        "collection pass (collect_latents)": lambda: collect_latents(model, [sae], batches, cfg,
-                                                                     progress=False),
-        "forward to the site + encode, nothing recorded": floor,
-        "collect_features (pass + output view + token texts)": lambda: collect_features(
-            model, sae, batches, config=cfg, progress=False),
-    }  # fmt: skip
-    spliced()  # warm-up
-    seconds = best_of_alternating(runs, args.repeats)
+            model(b, return_type="logits")
+    seconds = time_interleaved(model, sae, batches, cfg, args.repeats)
     base = seconds["forward with the SAE spliced (logits)"]
     n_tokens = tokens.numel()
     device = str(model.cfg.device)
     print(f"{args.model}, {hook}, d_sae {sae.cfg.d_sae}, L0 {float(feats):.0f}, {args.n_seqs} x "
           f"{args.seq_len} tokens, batch {args.batch_size}, {device}, {torch.get_num_threads()} "
-          f"CPU thread(s), best of {args.repeats} alternating\n")  # fmt: skip
+          f"CPU thread(s), best of {args.repeats}, interleaved batch by batch\n")  # fmt: skip
     print("| run | seconds | tokens/s | x spliced forward |")
     print("|---|---:|---:|---:|")
     for name, s in seconds.items():
-        print(f"| {name} | {s:.3f} | {n_tokens / s:,.0f} | {s / base:.2f} |")
-    print("\n| tokens streamed | recorder tensors (MiB) | peak RSS of the process (MiB) |")
+        rate = "-" if name.startswith("finish") else f"{n_tokens / s:,.0f}"  # once per SAE
+        print(f"| {name} | {s:.3f} | {rate} | {s / base:.2f} |")
+    cuda = device.startswith("cuda")
+    where = "peak GPU memory allocated" if cuda else "peak RSS of the process"
+    print(f"\n| tokens streamed | recorder tensors (MiB) | {where} (MiB) |")
     print("|---:|---:|---:|")
     forwarded = [a for a in sys.argv[1:] if a != "--memory-worker"] if argv is None else argv
     for repeats in (1, 4, 16):
+        # 64 rows repeated: the last occurrence of --n-seqs wins
         done = subprocess.run([sys.executable, "-m", "benchmarks.bench_features", *forwarded,
-                               "--memory-worker", str(repeats)], capture_output=True, text=True,
-                              check=True)  # fmt: skip
+                               "--n-seqs", str(min(64, args.n_seqs)), "--memory-worker",
+                               str(repeats)], capture_output=True, text=True, check=True)  # fmt: skip
         n, state, peak = done.stdout.split()[-3:]
         print(f"| {int(n):,} | {int(state) / 2**20:.1f} | {int(peak) / 1024:.0f} |")
 

@@ -30,7 +30,7 @@ from gemma_scope_ext.features.config import MAX_TOKENS, FeatureConfig
 from gemma_scope_ext.features.histogram import DoublingHistogram
 from gemma_scope_ext.features.ranked import RankedBuffer, Window, activation_score, reservoir_score
 
-__all__ = ["LatentRecorder", "collect_latents", "stop_layer"]
+__all__ = ["FeaturePass", "LatentRecorder", "collect_latents", "stop_layer"]
 
 
 class LatentRecorder:
@@ -122,7 +122,59 @@ def _check_saes(model: Any, saes: Sequence[Any]) -> list[str]:
     return hooks
 
 
-@torch.no_grad()
+class FeaturePass:
+    """The pass, one batch at a time: ``with FeaturePass(...) as p: p.step(batch)``.
+
+    Inside the block SAELens's own hook_z reshaping is off (the pass flattens ``hook_z`` itself).
+    """
+
+    def __init__(self, model: Any, saes: Sequence[Any], config: FeatureConfig,
+                 special_token_ids: Sequence[int] | None = None) -> None:  # fmt: skip
+        if len(saes) == 0:
+            raise ValueError("no SAEs given; pass at least one SAE or transcoder")
+        self.model, self.saes = model, list(saes)
+        self.hooks = _check_saes(model, self.saes)
+        self.ignore = _special_ids(model, special_token_ids).to(model.cfg.device)
+        self.stop = stop_layer(model, self.hooks)
+        self.recorders = [LatentRecorder(int(sae.cfg.d_sae), config, model.cfg.device)
+                          for sae in self.saes]  # fmt: skip
+        for rec in self.recorders:
+            rec.special_token_ids = tuple(self.ignore.tolist())
+        self._flat = _flat_inputs(self.saes)
+
+    def __enter__(self) -> FeaturePass:
+        self._flat.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._flat.__exit__(*exc)
+
+    @torch.no_grad()
+    def step(self, batch: Tensor) -> None:
+        """Run the model on one batch of token rows and fold every SAE's latents in."""
+        batch = torch.as_tensor(batch)
+        if batch.ndim != 2 or batch.dtype not in (torch.long, torch.int32):
+            raise ValueError(
+                f"token batches must be integer [batch, pos] tensors, got "
+                f"{tuple(batch.shape)} {batch.dtype}"
+            )
+        device = self.model.cfg.device
+        batch = batch.to(device)
+        keep = ~torch.isin(batch, self.ignore)
+        cache: dict[str, Tensor] = {}
+        self.model.run_with_hooks(batch, stop_at_layer=self.stop, return_type=None,
+                                  fwd_hooks=[(h, _recorder(cache)) for h in set(self.hooks)])  # fmt: skip
+        for sae, hook, rec in zip(self.saes, self.hooks, self.recorders, strict=True):
+            x = _flat(cache[hook])
+            if x.shape[-1] != sae.cfg.d_in:
+                raise ValueError(
+                    f"{hook} gives width {x.shape[-1]} but the SAE expects d_in "
+                    f"{sae.cfg.d_in}; is the SAE meant for this model and hook?"
+                )
+            acts = sae.encode(x.to(device=sae.W_enc.device, dtype=sae.W_enc.dtype))
+            rec.add(acts.to(device), batch, keep)
+
+
 def collect_latents(
     model: Any,
     saes: Sequence[Any],
@@ -139,39 +191,11 @@ def collect_latents(
     """
     from tqdm.auto import tqdm
 
-    if len(saes) == 0:
-        raise ValueError("no SAEs given; pass at least one SAE or transcoder")
-    hooks = _check_saes(model, saes)
-    ignore = _special_ids(model, special_token_ids)
-    stop = stop_layer(model, hooks)
-    device = model.cfg.device
-    recorders = [LatentRecorder(int(sae.cfg.d_sae), config, device) for sae in saes]
-    for rec in recorders:
-        rec.special_token_ids = tuple(ignore.tolist())
     bar = tqdm(total=total, desc="collecting features", unit="row", disable=not progress)
-    with _flat_inputs(saes), bar:
+    with FeaturePass(model, saes, config, special_token_ids) as run, bar:
         for batch in batches:
-            batch = torch.as_tensor(batch)
-            if batch.ndim != 2 or batch.dtype not in (torch.long, torch.int32):
-                raise ValueError(
-                    f"token batches must be integer [batch, pos] tensors, got "
-                    f"{tuple(batch.shape)} {batch.dtype}"
-                )
-            batch = batch.to(device)
-            keep = ~torch.isin(batch, ignore.to(device))
-            cache: dict[str, Tensor] = {}
-            model.run_with_hooks(batch, stop_at_layer=stop, return_type=None,
-                                 fwd_hooks=[(h, _recorder(cache)) for h in set(hooks)])  # fmt: skip
-            for sae, hook, rec in zip(saes, hooks, recorders, strict=True):
-                x = _flat(cache[hook])
-                if x.shape[-1] != sae.cfg.d_in:
-                    raise ValueError(
-                        f"{hook} gives width {x.shape[-1]} but the SAE expects d_in "
-                        f"{sae.cfg.d_in}; is the SAE meant for this model and hook?"
-                    )
-                rec.add(sae.encode(x.to(device=sae.W_enc.device, dtype=sae.W_enc.dtype)),
-                        batch, keep)  # fmt: skip
+            run.step(batch)
             bar.update(len(batch))
-    if recorders[0].n_tokens == 0:
+    if run.recorders[0].n_tokens == 0:
         raise ValueError("no non-special tokens were seen; rows need tokens besides BOS/EOS/pad")
-    return recorders
+    return run.recorders

@@ -126,7 +126,10 @@ class RankedBuffer:
         cand = cand[torch.sort(latent[cand], stable=True).indices]
         lat, sc = latent[cand], score[cand]
         rank = torch.arange(len(cand), device=cand.device) - torch.searchsorted(lat, lat)
-        beaten_by = (self.score[lat] > sc[:, None]).sum(1)  # kept entries that stay above it
+        # kept entries that stay above it (none where the latent's buffer is still empty)
+        beaten_by = torch.zeros_like(rank)
+        busy = (self.score[lat, 0] != EMPTY).nonzero().squeeze(1)
+        beaten_by[busy] = (self.score[lat[busy]] > sc[busy, None]).sum(1)
         final = rank + beaten_by  # its place in the merged order
         ok = final < m
         cand, lat, sc, final, beaten_by = cand[ok], lat[ok], sc[ok], final[ok], beaten_by[ok]

@@ -53,21 +53,27 @@ class LatentView(NamedTuple):
     """Everything a dashboard page shows about one latent."""
 
     index: int
+    """The latent's number."""
     density: float
     """Fraction of non-special tokens on which the latent fires (activation > 0)."""
     max_activation: float
+    """Largest activation seen (0 if it never fires)."""
     mean_activation: float
     """Mean activation over the tokens where it fires (0 if it never fires)."""
     top: tuple[Context, ...]
     """Top activating contexts, strongest first (exact over the whole pass)."""
     quantiles: tuple[QuantileBin, ...]
+    """Equal-mass bins of the firings (empty bins left out), lowest first, with examples."""
     histogram: tuple[tuple[int, ...], float]
     """Counts of ``n_bins`` equal bins and the upper edge of the last one (bins start at 0)."""
     promoted: tuple[tuple[int, float], ...]
     """(token id, score) the decoder direction pushes up most; empty without an output view."""
     suppressed: tuple[tuple[int, float], ...]
+    """(token id, score) it pushes down most, most negative first."""
     head_norms: tuple[float, ...] | None
+    """Decoder norm per attention head, for attention SAEs."""
     neuronpedia_url: str | None
+    """The latent's Neuronpedia page, for released SAEs."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +101,9 @@ class FeatureData:
     """Per-latent records of one SAE over ``n_tokens`` non-special tokens (all on the CPU)."""
 
     info: SAEInfo
+    """Which SAE this is."""
     config: FeatureConfig
+    """What was recorded per latent."""
     n_tokens: int
     """Non-special tokens seen (the denominator of densities)."""
     fires: Int[Tensor, " d_sae"]
@@ -145,7 +153,8 @@ class FeatureData:
         cfg, d = self.config, self.d_sae
         edges = self.quantile_edges
         valid = self.sample["row"] >= 0
-        hb = bin_of(self.sample["value"], self.hist_exponent[:, None].expand_as(valid), cfg.n_bins)
+        exponent = torch.where(self.fires > 0, self.hist_exponent, 0)  # unset where never fired
+        hb = bin_of(self.sample["value"], exponent[:, None].expand_as(valid), cfg.n_bins)
         qbin = torch.searchsorted(edges[:, 1:-1].contiguous(), hb.contiguous(), right=True)
         out = torch.full((d, cfg.n_quantiles, cfg.per_quantile), -1, dtype=torch.long)
         for q in range(cfg.n_quantiles):

@@ -145,7 +145,8 @@ def _chunk(data: FeatureData, lo: int, hi: int, lookup: torch.Tensor) -> dict[st
             hist.pop()
         total = max(cum[j][-1], 1)
         q = [[_g(a * w), _g(b * w), _g((cum[j][b] - cum[j][a]) / total),
-              [sample[j][k * cfg.per_quantile + r] for r, s in enumerate(picks[j][k]) if s >= 0]]
+              sorted((sample[j][k * cfg.per_quantile + r] for r, s in enumerate(picks[j][k])
+                      if s >= 0), key=lambda c: -c[0])]
              for k, (a, b) in enumerate(zip(edges[j][:-1], edges[j][1:], strict=True)) if b > a]
         entry: dict[str, Any] = {"i": lo + j, "hist": hist, "width": w, "q": q,
                                  "top": [c for c, ok in zip(top[j], valid[j], strict=True) if ok]}

@@ -42,7 +42,9 @@ def browser():
 
 
 def test_the_planted_feature_page_shows_its_top_context(data, planted, browser, tmp_path):
-    index = write_dashboard(data, tmp_path)
+    released = dataclasses.replace(data, info=dataclasses.replace(
+        data.info, neuronpedia_id="gemma-2-2b/20-gemmascope-res-16k"))  # as a released SAE's
+    index = write_dashboard(released, tmp_path)
     browser.open((tmp_path / "planted" / "latent.html").as_uri() + f"#{PLANTED}")
     row, pos = planted.peak
     lo, hi = max(0, pos - CFG.context_before), min(planted.tokens.shape[1], pos + CFG.context_after + 1)
@@ -57,6 +59,14 @@ def test_the_planted_feature_page_shows_its_top_context(data, planted, browser, 
     promoted = browser.eval("document.querySelector('#logits tr:nth-child(2) td').innerText")
     assert promoted == shown(data.token_strings[view.promoted[0][0]])
     assert "density" in browser.eval("document.querySelector('#stats').innerText")
+    link = browser.eval("document.querySelector('header a[rel=noopener]').href")
+    assert link == released.neuronpedia_url(PLANTED) == (
+        f"https://www.neuronpedia.org/gemma-2-2b/20-gemmascope-res-16k/{PLANTED}")
+    # the densest latent that is not planted: the README's screenshot
+    busiest = max((i for i in range(data.d_sae) if i != CONSTANT), key=lambda i: int(data.fires[i]))
+    browser.open((tmp_path / "planted" / "latent.html").as_uri() + f"#{busiest}")
+    assert browser.eval("document.querySelectorAll('.quantile').length") == len(
+        data.latent(busiest).quantiles)
     shot = browser.screenshot(tmp_path / "latent.png")
     assert shot.stat().st_size > 10_000
     if os.environ.get("GEMMA_SCOPE_UPDATE_DOCS"):

@@ -25,7 +25,7 @@ def test_state_is_the_same_size_after_four_times_the_tokens(planted):
     assert long.n_tokens == 4 * short.n_tokens
     assert long.state_bytes() == short.state_bytes()
     # ...and every byte is accounted for by the per-latent sizes: nothing per token hides in it
-    slot = 8 + 4 + 8 + 8 + CFG.window * (4 + 4)  # score, value, row, pos, window ids and acts
+    slot = 8 + 8 + 4 + 8 + 8 + CFG.window * (4 + 4)  # score, slot, value, row, pos, window
     per_latent = (CFG.top_k + CFG.reservoir) * slot + CFG.n_bins * 8 + 4 + 8 + 8
     assert short.state_bytes() == D_SAE * per_latent
 

@@ -37,3 +37,8 @@ def test_builtin_and_token_file_streams(tiny_model, tmp_path):
         token_stream(str(tmp_path / "f.npy"), tok, n_tokens=10, seq_len=10, batch_size=3)
     with pytest.raises(ValueError, match="fewer"):
         token_stream("docstrings", tok, n_tokens=10**7, seq_len=128, batch_size=8)
+
+
+def test_a_hub_dataset_offline_says_what_to_use_instead(tiny_model):
+    with pytest.raises(RuntimeError, match="Offline, use docstrings or a token file"):
+        token_stream("someone/no-such-dataset", tiny_model.tokenizer, 100, 32, 2)

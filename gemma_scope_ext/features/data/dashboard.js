@@ -135,8 +135,9 @@ GS.index = function (data) {
       el("td", {}, ...chips(data.promoted[i])))));
   }
   search.addEventListener("input", () => { limit = page; draw(); });
-  const fromHash = decodeURIComponent(location.hash.replace(/^#q=/, ""));
-  if (location.hash.startsWith("#q=")) search.value = fromHash;
+  if (location.hash.startsWith("#q=")) {  // index.html#q=TEXT opens with that search
+    try { search.value = decodeURIComponent(location.hash.slice(3)); } catch (e) { /* not URI text */ }
+  }
   draw();
   document.body.dataset.ready = "1";
 };
@@ -159,7 +160,7 @@ function context(ctx, scale, vocab, special, center) {
 }
 
 function histogram(counts, width) {
-  const w = 560, h = 150, pad = 22, n = counts.length, peak = Math.max(1, ...counts);
+  const w = 480, h = 120, pad = 22, n = counts.length, peak = Math.max(1, ...counts);
   const s = svg("svg", { width: w, height: h + pad, role: "img", "aria-label": "activation histogram" });
   const bw = (w - 2 * pad) / Math.max(n, 1);
   counts.forEach((c, i) => {
@@ -206,7 +207,7 @@ function renderLatent(data, chunk, i) {
   row.append(el("div", { class: "panel", id: "histogram" }, el("h2", { text: "Activation histogram (firing tokens)" }),
     data.fires[i] ? histogram(L.hist, L.width) : el("p", { class: "muted", text: "never fired" })));
   if (L.pro) {
-    row.append(el("div", { class: "panel", id: "logits" }, el("h2", { text: "Output: tokens the decoder direction promotes / suppresses" }),
+    row.append(el("div", { class: "panel", id: "logits" }, el("h2", { text: "Output: tokens the decoder direction promotes and suppresses" }),
       el("div", { class: "row" }, logitTable("promoted", L.pro, vocab, "pos"), logitTable("suppressed", L.sup, vocab, "neg"))));
   }
   if (L.heads) {

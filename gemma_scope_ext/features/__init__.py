@@ -6,7 +6,7 @@ read through the unembedding (``output_view``); ``write_dashboard`` renders a st
 from file:// and ``save_features`` / ``load_features`` keep the data to re-render without the model.
 """
 
-from gemma_scope_ext.features.build import collect_features
+from gemma_scope_ext.features.build import collect_features, feature_dashboards
 from gemma_scope_ext.features.collect import LatentRecorder, collect_latents
 from gemma_scope_ext.features.config import FeatureConfig
 from gemma_scope_ext.features.output import OutputView, output_view
@@ -25,6 +25,7 @@ __all__ = [
     "SAEInfo",
     "collect_features",
     "collect_latents",
+    "feature_dashboards",
     "load_features",
     "output_view",
     "render_saved",

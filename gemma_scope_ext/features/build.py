@@ -1,9 +1,11 @@
 """``collect_features``: the streaming pass, the output-side views and the token texts, as
-:class:`FeatureData` per SAE."""
+:class:`FeatureData` per SAE; ``feature_dashboards`` also writes the site."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,8 +17,9 @@ from gemma_scope_ext.features.collect import LatentRecorder, collect_latents
 from gemma_scope_ext.features.config import FeatureConfig
 from gemma_scope_ext.features.output import output_view
 from gemma_scope_ext.features.results import FeatureData, SAEInfo
+from gemma_scope_ext.features.site import write_dashboard
 
-__all__ = ["collect_features", "sae_info", "to_feature_data", "token_strings"]
+__all__ = ["collect_features", "feature_dashboards", "sae_info", "to_feature_data", "token_strings"]
 
 
 def _meta(sae: Any, key: str) -> Any:
@@ -130,3 +133,18 @@ def collect_features(
         output = {} if view is None else {k: v for k, v in view._asdict().items() if v is not None}
         out.append(to_feature_data(rec, info, output, getattr(model, "tokenizer", None)))
     return out
+
+
+def feature_dashboards(
+    model: Any,
+    saes: Any | Sequence[Any],
+    tokens: Tensor | Iterable[Tensor],
+    out: str | os.PathLike,
+    **kwargs: Any,
+) -> tuple[list[FeatureData], Path]:
+    """:func:`collect_features` (same keyword arguments), then :func:`write_dashboard` to ``out``.
+
+    Returns the data and the path of the site's ``index.html``.
+    """
+    datas = collect_features(model, saes, tokens, **kwargs)
+    return datas, write_dashboard(datas, out, progress=kwargs.get("progress", True))

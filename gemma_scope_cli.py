@@ -28,6 +28,8 @@ def _add_demo(sub) -> None:
                    help="text whose tokens' strongest latents are printed at the end")
     p.add_argument("--tokens", type=positive_int, default=600_000,
                    help="training tokens for the SAE (default 600,000)")
+    p.add_argument("--features-out", default="gemma_scope_demo_features",
+                   help="folder for the trained SAE's feature dashboards")
     p.set_defaults(handler="gemma_scope_ext.cli.demo:main")
 
 
@@ -121,7 +123,40 @@ def _add_graph(sub) -> None:
     p.set_defaults(handler="gemma_scope_ext.cli.graph:main")
 
 
-SUBCOMMANDS = [_add_demo, _add_list, _add_info, _add_download, _add_eval, _add_graph]
+def _add_features(sub) -> None:
+    p = sub.add_parser("features", help="feature dashboards (static HTML) for SAEs and transcoders")
+    p.add_argument("--sae", action="append", metavar="FOLDER|RELEASE:SAE_ID",
+                   help="an SAE folder (sae.save_model) or a release and id; repeat for several")
+    p.add_argument("--model", default="tiny-gemma2",
+                   help="tiny-gemma2 (offline) or a Gemma 2 name, e.g. gemma-2-2b")
+    p.add_argument("--tokens", type=positive_int, default=16_384,
+                   help="tokens to run over (whole rows of --seq-len; BOS/EOS/pad never count)")
+    p.add_argument("--dataset", default="docstrings", metavar="SOURCE",
+                   help="docstrings[:eval|train] (built in, offline), a token file (.npy/.pt/"
+                        ".safetensors, integer [rows, seq_len]) or a Hugging Face dataset with a "
+                        "text column (NAME[:SPLIT], streamed)")
+    p.add_argument("--out", default="gemma_scope_features", help="folder for the site and its data")
+    p.add_argument("--seq-len", type=positive_int, default=128, help="tokens per row, BOS included")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="rows per forward pass")
+    p.add_argument("--top-k", type=positive_int, default=16, help="top activating contexts per latent")
+    p.add_argument("--quantiles", type=positive_int, default=4,
+                   help="equal-mass activation bins to show sampled examples from")
+    p.add_argument("--per-quantile", type=positive_int, default=4, help="examples per quantile bin")
+    p.add_argument("--context-before", type=int, default=10, help="tokens shown before a firing")
+    p.add_argument("--context-after", type=int, default=3, help="tokens shown after a firing")
+    p.add_argument("--n-logits", type=positive_int, default=10,
+                   help="promoted and suppressed tokens listed per latent")
+    p.add_argument("--seed", type=int, default=0, help="seed of the quantile examples' sampling")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="precision the model runs in")
+    p.add_argument("--device", default=None, help="default: cuda when available (cpu for tiny)")
+    p.add_argument("--render-only", action="store_true",
+                   help="redraw the site in --out from the data stored there; loads no model")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler="gemma_scope_ext.cli.features:main")
+
+SUBCOMMANDS = [_add_demo, _add_list, _add_info, _add_download, _add_eval, _add_graph,
+               _add_features]
 
 
 def build_parser() -> argparse.ArgumentParser:

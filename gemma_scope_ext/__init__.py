@@ -36,6 +36,17 @@ from gemma_scope_ext.evals import (
     evaluate_transfer,
     position_buckets,
 )
+from gemma_scope_ext.features import (
+    FeatureConfig,
+    FeatureData,
+    LatentView,
+    collect_features,
+    feature_dashboards,
+    load_features,
+    render_saved,
+    save_features,
+    write_dashboard,
+)
 from gemma_scope_ext.models import (
     FAMILIES,
     GEMMA2_MODELS,
@@ -143,6 +154,15 @@ __all__ = [
     "LogitTarget",
     "MetricTarget",
     "salient_logits",
+    "FeatureConfig",
+    "FeatureData",
+    "LatentView",
+    "collect_features",
+    "feature_dashboards",
+    "load_features",
+    "render_saved",
+    "save_features",
+    "write_dashboard",
 ]
 
 register_with_sae_lens()

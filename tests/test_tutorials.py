@@ -25,7 +25,11 @@ def test_tutorial_runs(path):
     assert run([str(path)]).stdout.strip()
 
 
-def test_demo_reports_the_metrics():
-    out = run(["-m", "gemma_scope_cli", "demo", "--tokens", "100000"]).stdout
+def test_demo_reports_the_metrics(tmp_path):
+    site = tmp_path / "features"
+    out = run(["-m", "gemma_scope_cli", "demo", "--tokens", "100000",
+               "--features-out", str(site)]).stdout
     for what in ("L0", "FVU", "delta loss", "zero-ablation", "strongest latents"):
         assert what in out
+    assert f"open {(site / 'index.html').as_uri()}" in out  # ends with the dashboard to open
+    assert (site / "demo-res-2" / "features.json").is_file()

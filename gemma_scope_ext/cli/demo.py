@@ -79,4 +79,12 @@ def main(args: argparse.Namespace) -> int:
               f"{result.mean_ablation_loss - result.clean_loss:+.3f} nats; the SAE recovers "
               f"{result.loss_recovered:.1%} of the zero-ablation loss")  # fmt: skip
         _print_top_latents(model, sae, args.prompt)
+        from gemma_scope_ext.features.build import feature_dashboards
+
+        tokens = sample_tokens(model.tokenizer, n_seqs=200, seq_len=128, split="eval")
+        out = getattr(args, "features_out", "gemma_scope_demo_features")
+        data, index = feature_dashboards(model, sae, tokens, out, names=["demo-res-2"],
+                                         progress=False)  # fmt: skip
+        print(f"\nfeature dashboards of its latents ({int((data[0].fires > 0).sum())} of {D_SAE} "
+              f"fired on {data[0].n_tokens:,} held-out tokens): open {index.resolve().as_uri()}")
     return 0

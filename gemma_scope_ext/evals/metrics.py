@@ -33,12 +33,19 @@ from gemma_scope_ext.evals.passes import (
 from gemma_scope_ext.evals.stats import EvalResult, PositionProfile, RunningStats
 from gemma_scope_ext.models.inputs import check_finite_activations, check_tokens
 
-__all__ = ["EvalResult", "PositionProfile", "evaluate", "evaluate_many", "site_means"]
+__all__ = [
+    "EvalResult",
+    "PositionProfile",
+    "evaluate",
+    "evaluate_many",
+    "site_means",
+    "special_ids",
+]
 
 TokenSource = Tensor | Iterable[Tensor]
 
 
-def _special_ids(model: Any, special_token_ids: Sequence[int] | None) -> Tensor:
+def special_ids(model: Any, special_token_ids: Sequence[int] | None) -> Tensor:
     if special_token_ids is not None:
         return torch.tensor(sorted(set(special_token_ids)), dtype=torch.long)
     if getattr(model, "tokenizer", None) is None:
@@ -79,7 +86,7 @@ def site_means(
     progress: bool = True,
 ) -> dict[str, Float[Tensor, " d"]]:
     """Mean activation (float64, head-flattened) at each hook over the non-special tokens."""
-    ignore = _special_ids(model, special_token_ids)
+    ignore = special_ids(model, special_token_ids)
     # Stop after the last block holding a hook (0: only the embedding); run all if unknown.
     blocks = [-1 if h in ("hook_embed", "hook_pos_embed") else block_of(h) for h in hooks]
     stop = max(blocks) + 1 if resumable(model) and None not in blocks else None
@@ -152,7 +159,7 @@ def evaluate_many(
     if len(saes) == 0:
         raise ValueError("no SAEs to evaluate; pass at least one")
     sites = [sae_site(sae) for sae in saes]
-    ignore = _special_ids(model, special_token_ids)
+    ignore = special_ids(model, special_token_ids)
     _check_hooks(model, saes, sites)
     batches = _batches(tokens, batch_size, model)
     outs = sorted({s.hook_out for s in sites})

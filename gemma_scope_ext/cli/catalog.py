@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from gemma_scope_ext.pretrained.catalog import find_saes, get_entry, list_releases
+from gemma_scope_ext.pretrained.catalog import get_entry, list_releases
+from gemma_scope_ext.pretrained.query import find_saes, why_empty
 
 __all__ = ["download", "info", "list_saes"]
 
@@ -33,7 +34,9 @@ def list_saes(args: argparse.Namespace) -> int:
         for e in hits
     ]  # fmt: skip
     if not rows:
-        print("no Gemma Scope SAE matches; run `gemma-scope list` to see the releases")
+        filters.pop("l0")
+        reason = why_empty(**filters) or "none of them is canonical"
+        print(f"no Gemma Scope SAE matches: {reason}; run `gemma-scope list` to see the releases")
         return 1
     print(
         _table(["release", "sae_id", "site", "layer", "width", "L0", "canon", "neuronpedia"], rows)

@@ -6,7 +6,6 @@ from gemma_scope_ext.pretrained.catalog import (
     Release,
     UnknownSAEError,
     expected_shapes,
-    find_saes,
     get_entry,
     get_release,
     list_releases,
@@ -19,6 +18,7 @@ from gemma_scope_ext.pretrained.loader import (
     load_params,
     read_params_npz,
 )
+from gemma_scope_ext.pretrained.query import find_saes, why_empty
 from gemma_scope_ext.pretrained.sae_lens_route import original_loader, register_sae_lens_route
 
 __all__ = [
@@ -40,4 +40,5 @@ __all__ = [
     "original_loader",
     "read_params_npz",
     "register_sae_lens_route",
+    "why_empty",
 ]

@@ -14,11 +14,11 @@ from gemma_scope_ext.pretrained import catalog
 from gemma_scope_ext.pretrained.catalog import (
     UnknownSAEError,
     all_entries,
-    find_saes,
     get_entry,
     list_releases,
     parse_width,
 )
+from gemma_scope_ext.pretrained.query import find_saes
 from gemma_scope_ext.pretrained.sae_lens_route import ROUTED_LOADERS, entry_for_path
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -57,6 +57,8 @@ def _add_download(sub) -> None:
     p.add_argument("sae_id", help="e.g. layer_20/width_16k/average_l0_71")
     p.add_argument("--revision", help="branch, tag or commit of the Hugging Face repo")
     p.add_argument("--force", action="store_true", help="download again even if cached")
+    p.add_argument("--verify", action="store_true",
+                   help="check the file's sha256 against the name Hugging Face stored it under")
     p.set_defaults(handler="gemma_scope_ext.cli.catalog:download")
 
 

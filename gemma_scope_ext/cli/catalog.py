@@ -48,7 +48,6 @@ def info(args: argparse.Namespace) -> int:
     """Everything the catalog knows about one id, and whether it is on this machine."""
     from huggingface_hub import try_to_load_from_cache
 
-    from gemma_scope_ext.pretrained.cache import cache_path
     from gemma_scope_ext.pretrained.catalog import expected_shapes
     from gemma_scope_ext.pretrained.hub import hub_cache
 
@@ -77,8 +76,7 @@ def info(args: argparse.Namespace) -> int:
         "downloaded": local if isinstance(local, str) else "no",
     }
     if isinstance(local, str):
-        cached = cache_path(e, local)
-        fields["converted"] = str(cached) if cached.exists() else "no (converted on first load)"
+        fields["converted"] = _converted(e, local)
     print("\n".join(f"{k + ':':<12} {v}" for k, v in fields.items()))
     return 0
 
@@ -92,12 +90,25 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 def download(args: argparse.Namespace) -> int:
     """Download params.npz into the Hugging Face cache, check it, and convert it for fast loads."""
-    from gemma_scope_ext.pretrained.cache import cache_path
     from gemma_scope_ext.pretrained.hub import download_params
     from gemma_scope_ext.pretrained.loader import load_params
 
     e = get_entry(args.release, args.sae_id)
-    load_params(e, revision=args.revision, force_download=args.force)
+    load_params(e, revision=args.revision, force_download=args.force, verify=args.verify)
     npz = download_params(e, revision=args.revision)
-    print(f"params.npz:  {npz}\nconverted:   {cache_path(e, npz)}")
+    print(f"params.npz:  {npz}\nconverted:   {_converted(e, npz)}")
     return 0
+
+
+def _converted(e, npz) -> str:
+    """Where the fast-load copy is, or why there is none."""
+    from gemma_scope_ext.pretrained.cache import cache_path
+    from gemma_scope_ext.pretrained.npz import IntegrityError, all_stored
+
+    try:
+        if all_stored(npz):
+            return "not needed (uncompressed: memory-mapped in place)"
+    except IntegrityError as err:
+        return f"no: the file is damaged ({err})"
+    cached = cache_path(e, npz)
+    return str(cached) if cached.exists() else "no (converted on first load)"

@@ -5,8 +5,10 @@ HF_HUB_OFFLINE and a revision are honoured, read from the environment at call ti
 without pickle, checks every array's name, dtype and shape against the catalog and the model spec,
 and builds the SAE with SAELens metadata (hook, model, context size 1024, BOS, Neuronpedia id).
 
-The first load also writes a checked safetensors copy that later loads memory-map (``cache.py``).
-Weights are cached as released; the embedding SAEs' rescaling for TransformerLens's ``hook_embed``
+A params.npz whose members are stored uncompressed (as Gemma Scope's are) is memory-mapped in
+place (``npz.py``): no decoding, no copy on disk. Only a compressed npz is converted, on its first
+load, into a checked safetensors copy that later loads memory-map (``cache.py``); weights are cached
+as released; the embedding SAEs' rescaling for TransformerLens's ``hook_embed``
 happens when the SAE is built.
 """
 
@@ -26,6 +28,7 @@ from gemma_scope_ext.models.families import get_spec
 from gemma_scope_ext.pretrained.cache import cache_is_valid, cache_path, source_tag, write_cache
 from gemma_scope_ext.pretrained.catalog import CatalogEntry, expected_shapes, get_entry
 from gemma_scope_ext.pretrained.hub import download_params
+from gemma_scope_ext.pretrained.npz import IntegrityError, all_stored, map_npz, verify_blob
 from gemma_scope_ext.saes.params import PARAM_NAMES, rescale_for_hook_embed
 from gemma_scope_ext.saes.sae import GemmaScopeSAE, GemmaScopeSAEConfig
 from gemma_scope_ext.saes.transcoder import GemmaScopeTranscoder, GemmaScopeTranscoderConfig
@@ -61,12 +64,9 @@ def read_params_npz(path: str | os.PathLike, entry: CatalogEntry) -> dict[str, n
     try:
         with np.load(path, allow_pickle=False) as npz:
             names = tqdm(npz.files, desc=f"reading {entry.sae_id}", unit="array", disable=quiet)
-            arrays = {name: npz[name] for name in names}
+            arrays = {name: np.ascontiguousarray(npz[name]) for name in names}
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
-        raise ParamsFileError(
-            f"cannot read {path}: {type(err).__name__}: {err}; the file is damaged or truncated: "
-            f"download it again (gemma-scope download {entry.release} {entry.sae_id} --force)"
-        ) from err
+        raise _damaged(path, entry, err) from err
     check_params(arrays, entry, str(path))
     return arrays
 
@@ -89,13 +89,42 @@ def check_params(arrays: dict[str, Any], entry: CatalogEntry, where: str) -> Non
             )
 
 
+def _damaged(path, entry: CatalogEntry, err: Exception) -> ParamsFileError:
+    return ParamsFileError(
+        f"cannot read {path}: {type(err).__name__}: {err}; the file is damaged or truncated: "
+        f"download it again (gemma-scope download {entry.release} {entry.sae_id} --force)"
+    )
+
+
 def load_params(
-    entry: CatalogEntry, revision: str | None = None, force_download: bool = False
+    entry: CatalogEntry,
+    revision: str | None = None,
+    force_download: bool = False,
+    verify: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """``entry``'s weights as released (float32, CPU), from the safetensors cache when valid."""
+    """``entry``'s weights as released (float32, CPU).
+
+    An uncompressed npz is memory-mapped in place; a compressed one is read through the checked
+    safetensors cache. ``verify`` first checks the file's sha256 against its Hugging Face blob name
+    (reads the whole file once).
+    """
+    npz_path = download_params(entry, revision=revision, force_download=force_download)
+    try:
+        if verify:
+            verify_blob(npz_path)
+        stored = all_stored(npz_path)
+        arrays = map_npz(npz_path) if stored else None
+    except IntegrityError as err:
+        raise _damaged(npz_path, entry, err) from err
+    if arrays is not None:
+        check_params(arrays, entry, str(npz_path))
+        return {k: torch.from_numpy(v) for k, v in arrays.items()}
+    return _load_via_cache(entry, npz_path)
+
+
+def _load_via_cache(entry: CatalogEntry, npz_path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    npz_path = download_params(entry, revision=revision, force_download=force_download)
     cached = cache_path(entry, npz_path)
     tag = source_tag(npz_path)
     if cache_is_valid(cached, entry, tag):
@@ -173,11 +202,14 @@ def from_pretrained(
     dtype: str = "float32",
     revision: str | None = None,
     force_download: bool = False,
+    verify: bool = False,
 ) -> SAE:
     """Load a released Gemma Scope SAE (or transcoder) by release and id.
+
+    ``verify=True`` checks the file's sha256 against the name Hugging Face stored it under.
 
     >>> sae = from_pretrained("gemma-scope-2b-pt-res-canonical", "layer_20/width_16k/canonical")
     """
     entry = get_entry(release, sae_id)
-    params = load_params(entry, revision=revision, force_download=force_download)
+    params = load_params(entry, revision=revision, force_download=force_download, verify=verify)
     return build_sae(entry, params, device=device, dtype=dtype)

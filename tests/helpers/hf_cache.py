@@ -39,10 +39,18 @@ def write_params(
     arrays: dict[str, np.ndarray],
     commit: str = COMMIT,
     ref: str = "main",
+    compressed: bool = False,
+    fortran: bool = False,
 ) -> Path:
-    """Store ``arrays`` as ``{path}/params.npz`` of ``repo_id`` at ``commit``; return its snapshot path."""
+    """Store ``arrays`` as ``{path}/params.npz`` of ``repo_id`` at ``commit``; return its snapshot path.
+
+    ``compressed`` writes with ``np.savez_compressed`` (deflated members); ``fortran`` stores every
+    2-D array in Fortran order (a valid npz whose .npy headers say ``fortran_order: True``).
+    """
+    if fortran:
+        arrays = {k: np.asfortranarray(v) if v.ndim == 2 else v for k, v in arrays.items()}
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    (np.savez_compressed if compressed else np.savez)(buf, **arrays)
     data = buf.getvalue()
     repo = hub / ("models--" + repo_id.replace("/", "--"))
     blob = repo / "blobs" / hashlib.sha256(data).hexdigest()

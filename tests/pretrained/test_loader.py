@@ -49,10 +49,10 @@ def fabricate(monkeypatch, release: str, sae_id: str, width: int = 40):
     return entry
 
 
-def write_for(hub, entry, seed=0, **overrides):
+def write_for(hub, entry, seed=0, compressed=False, **overrides):
     params = random_params(entry.d_in, entry.width, entry.d_out, seed=seed)
     params.update(overrides)
-    return params, write_params(hub, entry.repo_id, entry.path, params)
+    return params, write_params(hub, entry.repo_id, entry.path, params, compressed=compressed)
 
 
 def assert_weights(sae, params):
@@ -83,16 +83,16 @@ def test_real_shape_demo_sae_cold_then_warm(hub, monkeypatch):
     np.testing.assert_allclose(f.numpy(), f_ref, atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(x_hat.numpy(), x_hat_ref, atol=1e-3, rtol=1e-4)
 
-    cached = cache_path(entry, npz)
-    stamp = cached.stat().st_mtime_ns, cached.stat().st_ino
+    # Stored (uncompressed) like Gemma Scope's files: mapped in place, nothing converted or cached.
+    assert not cache.cache_root().exists()
 
     def no_npz(*args):
-        raise AssertionError("the warm load re-read params.npz")
+        raise AssertionError("a stored npz was decoded")
 
     monkeypatch.setattr(loader, "read_params_npz", no_npz)
     alias = from_pretrained("gemma-scope-2b-pt-res-canonical", "layer_20/width_16k/canonical")
-    assert (cached.stat().st_mtime_ns, cached.stat().st_ino) == stamp
     assert_weights(alias, params)
+    assert not cache.cache_root().exists()
     # The SAELens route serves the same SAE from the same cache.
     routed = sae_lens.SAE.from_pretrained(entry.release, entry.sae_id)
     assert type(routed) is GemmaScopeSAE
@@ -246,7 +246,7 @@ HEADER_DAMAGE = {
                                     *HEADER_DAMAGE])
 def test_bad_cache_file_is_rebuilt_not_trusted(hub, monkeypatch, damage):
     entry = fabricate(monkeypatch, "gemma-scope-2b-pt-res", "layer_3/width_16k/average_l0_59")
-    params, npz = write_for(hub, entry, seed=8)
+    params, npz = write_for(hub, entry, seed=8, compressed=True)
     from_pretrained(entry.release, entry.sae_id)
     cached = cache_path(entry, npz)
     good_size = cached.stat().st_size
@@ -261,7 +261,7 @@ def test_bad_cache_file_is_rebuilt_not_trusted(hub, monkeypatch, damage):
     elif damage in HEADER_DAMAGE:
         rewrite_header(cached, HEADER_DAMAGE[damage])
     else:  # same commit, new npz bytes (e.g. force_download): the copy must not be reused
-        params, npz = write_for(hub, entry, seed=9)
+        params, npz = write_for(hub, entry, seed=9, compressed=True)
     sae = from_pretrained(entry.release, entry.sae_id)
     assert_weights(sae, params)
     assert cached.stat().st_size == good_size
@@ -270,9 +270,10 @@ def test_bad_cache_file_is_rebuilt_not_trusted(hub, monkeypatch, damage):
 
 def test_revision_selects_snapshot_and_its_own_cache(hub, monkeypatch):
     entry = fabricate(monkeypatch, "gemma-scope-2b-pt-res", "layer_3/width_16k/average_l0_59")
-    main, npz_main = write_for(hub, entry, seed=10)
+    main, npz_main = write_for(hub, entry, seed=10, compressed=True)
     other = random_params(entry.d_in, entry.width, seed=11)
-    npz_v2 = write_params(hub, entry.repo_id, entry.path, other, commit="f" * 40, ref="v2")
+    npz_v2 = write_params(hub, entry.repo_id, entry.path, other, commit="f" * 40, ref="v2",
+                          compressed=True)
     assert_weights(from_pretrained(entry.release, entry.sae_id, revision="v2"), other)
     assert_weights(from_pretrained(entry.release, entry.sae_id, revision=COMMIT), main)
     assert cache_path(entry, npz_main) != cache_path(entry, npz_v2)
@@ -336,7 +337,7 @@ def test_cli_download_then_info(hub, monkeypatch, capsys):
     import gemma_scope_cli
 
     entry = fabricate(monkeypatch, "gemma-scope-2b-pt-res", "layer_3/width_16k/average_l0_59")
-    params, npz = write_for(hub, entry, seed=12)
+    params, npz = write_for(hub, entry, seed=12, compressed=True)
     argv = ["download", entry.release, entry.sae_id]
     assert gemma_scope_cli.main(argv) == 0
     cached = cache_path(entry, npz)

@@ -5,30 +5,42 @@ layout: ``models--google--{repo}/{commit}/{path}/``), written atomically; later 
 (copy-on-write), which skips the zip decoding. A cache file is trusted only if its header parses,
 its arrays have the expected names, dtypes and shapes and tile the file exactly, it records the
 size and mtime of the npz it came from, and each array's CRC32 matches the one recorded at write
-time; anything else is rebuilt. Weights are cached as released.
+time; anything else is rebuilt. Weights are cached as released. Conversions hold a lock on the
+cache folder (:func:`conversion_lock`), under which temporary files of killed writers are removed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import mmap
 import os
 import struct
+import zipfile
 import zlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from gemma_scope_ext.files import atomic_write
+from gemma_scope_ext.files import atomic_write, remove_stale_temporaries
 from gemma_scope_ext.pretrained.catalog import CatalogEntry, expected_shapes
 from gemma_scope_ext.pretrained.hub import hf_home
 from gemma_scope_ext.saes.params import PARAM_NAMES
 
-__all__ = ["cache_is_valid", "cache_path", "cache_root", "source_tag", "write_cache"]
+__all__ = [
+    "cache_is_valid",
+    "cache_path",
+    "cache_root",
+    "conversion_lock",
+    "source_tag",
+    "write_cache",
+]
 
-_CACHE_FORMAT = "gemma_scope_ext.params/1"
+_CACHE_FORMAT = "gemma_scope_ext.params/2"
 
 
 def cache_root() -> Path:
@@ -47,12 +59,48 @@ def cache_path(entry: CatalogEntry, npz_path: str | os.PathLike) -> Path:
 
 
 def source_tag(npz_path: Path) -> dict[str, str]:
+    """What identifies the npz a cache file came from.
+
+    Size and mtime alone let a file replaced by another of the same size and mtime be served stale;
+    the inode and ctime change whenever a file is replaced or rewritten, and the CRC32s and sizes
+    the zip's central directory records for its members change with its content (read from the
+    directory alone: no data is decompressed).
+    """
     st = npz_path.stat()
+    with zipfile.ZipFile(npz_path) as zf:
+        members = ";".join(f"{i.filename}:{i.CRC:08x}:{i.file_size}" for i in zf.infolist())
     return {
         "format": _CACHE_FORMAT,
         "source_size": str(st.st_size),
         "source_mtime_ns": str(st.st_mtime_ns),
+        "source_inode": f"{st.st_dev}:{st.st_ino}",
+        "source_ctime_ns": str(st.st_ctime_ns),
+        "source_members": hashlib.sha256(members.encode()).hexdigest(),
     }
+
+
+@contextmanager
+def conversion_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the cache folder while converting into it.
+
+    The kernel drops the lock when its holder dies, even by SIGKILL, so whoever holds it knows that
+    no writer is alive and every temporary file in the folder is a dead one's: they are removed.
+    Concurrent first loads wait here instead of converting the same file twice.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): only temporaries an hour old are surely dead
+        remove_stale_temporaries(folder)
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        remove_stale_temporaries(folder, older_than_s=float("-inf"))
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _crc_tag(tensors: dict[str, torch.Tensor]) -> dict[str, str]:

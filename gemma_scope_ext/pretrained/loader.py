@@ -25,7 +25,13 @@ import torch
 from sae_lens.saes.sae import SAE, SAEMetadata
 
 from gemma_scope_ext.models.families import get_spec
-from gemma_scope_ext.pretrained.cache import cache_is_valid, cache_path, source_tag, write_cache
+from gemma_scope_ext.pretrained.cache import (
+    cache_is_valid,
+    cache_path,
+    conversion_lock,
+    source_tag,
+    write_cache,
+)
 from gemma_scope_ext.pretrained.catalog import CatalogEntry, expected_shapes, get_entry
 from gemma_scope_ext.pretrained.hub import download_params
 from gemma_scope_ext.pretrained.npz import IntegrityError, all_stored, map_npz, verify_blob
@@ -131,7 +137,9 @@ def _load_via_cache(entry: CatalogEntry, npz_path) -> dict[str, torch.Tensor]:
         return load_file(cached)  # memory-mapped, copy-on-write
     tensors = {k: torch.from_numpy(v) for k, v in read_params_npz(npz_path, entry).items()}
     try:
-        write_cache(cached, tensors, tag)
+        with conversion_lock(cached.parent):
+            if not cache_is_valid(cached, entry, tag):  # another process may have written it
+                write_cache(cached, tensors, tag)
     except OSError as err:
         warnings.warn(
             f"could not cache {npz_path} as {cached}: {err}; loads stay slow", stacklevel=2

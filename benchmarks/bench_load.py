@@ -1,31 +1,40 @@
-"""Load time of a real-size Gemma Scope SAE: this package (cold and warm) against SAELens.
+"""Load time and disk use of a real-size Gemma Scope SAE: this package against SAELens.
 
 Writes a 302 MB params.npz with the shapes of gemma-scope-2b-pt-res layer_20/width_16k (2304 x
-16384, random float32 weights) into a temporary offline Hugging Face cache, then times:
+16384, random float32 weights, members stored uncompressed as ``np.savez`` and Gemma Scope store
+them) into a temporary offline Hugging Face cache, then, for each route, in fresh processes started
+alternately (route A, B, C, A, B, C, ...):
 
-  plugin, cold       ``gemma_scope_ext.from_pretrained`` with no converted copy (npz -> safetensors)
-  plugin, warm       the same once the safetensors copy exists (memory-mapped)
-  SAELens route      ``sae_lens.SAE.from_pretrained`` after ``import gemma_scope_ext`` (warm cache)
-  SAELens original   ``sae_lens.SAE.from_pretrained`` through SAELens's own gemma_2 loader
+  plugin             ``gemma_scope_ext.from_pretrained`` (npz memory-mapped in place)
+  SAELens            ``sae_lens.SAE.from_pretrained`` with SAELens's own gemma_2 loader
+                     (gemma_scope_ext not imported)
+  SAELens + plugin   ``sae_lens.SAE.from_pretrained`` after ``import gemma_scope_ext`` (routed)
 
-Every timing is the median of ``--repeats`` runs with the npz already in the OS page cache, so it
-measures decoding and building, not the disk. Prints a markdown table.
+Each process imports its libraries untimed, then times its first load (SAELens's includes parsing
+its bundled yaml, as a user's first call does), the first load plus reading every weight once (a
+memory map defers the reading), and the median of ``--repeats`` further loads. Disk per SAE is
+what the route added under the temporary folder besides the npz itself. The npz is in the page
+cache throughout: the figures measure decoding and building, not the disk. Prints a markdown table.
 
-    python -m benchmarks.bench_load [--repeats 5]
+    python -m benchmarks.bench_load [--processes 3] [--repeats 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 RELEASE, SAE_ID = "gemma-scope-2b-pt-res", "layer_20/width_16k/average_l0_71"
 COMMIT = "0" * 40
+ROUTES = ("plugin", "SAELens", "SAELens + plugin")
 
 
 def _write_npz(hub: Path) -> Path:
@@ -49,90 +58,82 @@ def _write_npz(hub: Path) -> Path:
     return path
 
 
-def _median_time(fn, repeats: int, before=None) -> tuple[float, float, object]:
-    """(median seconds, best seconds, last result) of ``repeats`` calls, ``before`` run untimed."""
-    times, out = [], None
+def _disk_bytes(root: Path) -> int:
+    return sum(os.lstat(os.path.join(d, f)).st_size for d, _, fs in os.walk(root) for f in fs)
+
+
+def _worker(route: str, tmp: Path, repeats: int) -> dict:
+    """One fresh process: first load, first load + read, median repeated load, disk added."""
+    import sae_lens
+    import torch
+
+    if route != "SAELens":
+        import gemma_scope_ext
+    before = _disk_bytes(tmp)
+
+    def load():
+        if route == "plugin":
+            return gemma_scope_ext.from_pretrained(RELEASE, SAE_ID)
+        return sae_lens.SAE.from_pretrained(RELEASE, SAE_ID)
+
+    start = time.perf_counter()
+    sae = load()
+    first = time.perf_counter() - start
+    for p in sae.parameters():
+        float(p.detach().sum())  # reads every byte
+    first_read = time.perf_counter() - start
+    checksum = sum(float(p.detach().double().sum()) for p in sae.parameters())
+    times = []
     for _ in range(repeats):
-        if before is not None:
-            before()
-        out = None  # free the previous SAE before the next load
+        sae = None
         start = time.perf_counter()
-        out = fn()
+        sae = load()
         times.append(time.perf_counter() - start)
-    return statistics.median(times), min(times), out
+    return dict(route=route, first=first, first_read=first_read,
+                repeated=statistics.median(times), checksum=checksum, cls=type(sae).__name__,
+                extra_disk=_disk_bytes(tmp) - before, threads=torch.get_num_threads())  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--processes", type=int, default=3, help="fresh processes per route")
+    parser.add_argument("--repeats", type=int, default=5, help="repeated loads per process")
+    parser.add_argument("--worker", choices=ROUTES, help=argparse.SUPPRESS)
+    parser.add_argument("--tmp", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(_worker(args.worker, args.tmp, args.repeats)))
+        return 0
     tmp = Path(tempfile.mkdtemp(prefix="bench-load-"))
     try:
-        # Set before huggingface_hub is imported: SAELens's loader relies on its import-time values.
-        os.environ.update(HF_HUB_CACHE=str(tmp / "hub"), HF_HUB_OFFLINE="1",
-                          GEMMA_SCOPE_CACHE=str(tmp / "converted"))  # fmt: skip
         npz = _write_npz(tmp / "hub")
-        import sae_lens
-        import torch
-        from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
-
-        import gemma_scope_ext
-        from gemma_scope_ext.pretrained.sae_lens_route import original_loader
-
-        get_pretrained_saes_directory()  # parse SAELens's yaml once, outside the timings
-        stock_loader = original_loader("gemma_2")
-        converted = tmp / "converted"
-
-        def clear_cache():
-            shutil.rmtree(converted, ignore_errors=True)
-
-        def ours():
-            return gemma_scope_ext.from_pretrained(RELEASE, SAE_ID)
-
-        def routed():
-            return sae_lens.SAE.from_pretrained(RELEASE, SAE_ID)
-
-        def stock():
-            return sae_lens.SAE.from_pretrained(RELEASE, SAE_ID, converter=stock_loader)
-
-        stock()  # first touch: page cache and lazy imports
-
-        def touched(load):
-            # A memory-mapped load defers reading: also time reading every weight once.
-            def run():
-                sae = load()
-                sum(float(p.detach().sum()) for p in sae.parameters())
-                return sae
-
-            return run
-
-        loads = {
-            "SAELens original (gemma_2 loader)": (stock, None),
-            "plugin, cold (npz -> safetensors)": (ours, clear_cache),
-            "plugin, warm (safetensors mmap)": (ours, None),
-            "SAELens route via plugin, warm": (routed, None),
-        }
-        rows, touched_rows = {}, {}
-        for name, (load, before) in loads.items():
-            rows[name] = _median_time(load, args.repeats, before)
-            touched_rows[name] = _median_time(touched(load), args.repeats, before)
-        saes = [r[2] for r in rows.values()]
-        for sae in saes[1:]:
-            for name in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold"):
-                assert torch.equal(getattr(sae, name), getattr(saes[0], name)), name
-        base = rows["SAELens original (gemma_2 loader)"][0]
-        size = npz.stat().st_size / 1e6
-        print(f"Load of a {size:.0f} MB params.npz (2304 x 16384), median of {args.repeats}, "
-              f"CPU threads {torch.get_num_threads()}\n")  # fmt: skip
-        base_touched = touched_rows["SAELens original (gemma_2 loader)"][0]
-        print(
-            "| route | load, median s | speed-up | load + read all weights, median s | speed-up |"
-        )
-        print("|---|---|---|---|---|")
-        for name, (med, _, _) in rows.items():
-            med_t = touched_rows[name][0]
-            print(f"| {name} | {med:.3f} | {base / med:.1f}x | {med_t:.3f} | "
-                  f"{base_touched / med_t:.1f}x |")  # fmt: skip
+        env = dict(os.environ, HF_HUB_CACHE=str(tmp / "hub"), HF_HUB_OFFLINE="1",
+                   GEMMA_SCOPE_CACHE=str(tmp / "converted"))  # fmt: skip
+        cmd = [sys.executable, "-m", "benchmarks.bench_load", "--tmp", str(tmp),
+               "--repeats", str(args.repeats), "--worker"]  # fmt: skip
+        runs: dict[str, list[dict]] = {r: [] for r in ROUTES}
+        for _ in range(args.processes):
+            for route in ROUTES:
+                out = subprocess.run([*cmd, route], env=env, capture_output=True, text=True,
+                                     check=True, cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+                runs[route].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        sums = {r["checksum"] for rs in runs.values() for r in rs}
+        assert len(sums) == 1, f"the routes loaded different weights: {sums}"
+        med = {r: {k: statistics.median(x[k] for x in rs) for k in ("first", "first_read",
+                                                                    "repeated", "extra_disk")}
+               for r, rs in runs.items()}  # fmt: skip
+        base = med["SAELens"]
+        print(f"Load of a {npz.stat().st_size / 1e6:.0f} MB stored params.npz (2304 x 16384), "
+              f"medians of {args.processes} fresh processes per route ({args.repeats} repeated "
+              f"loads each), torch threads {runs['plugin'][0]['threads']}\n")  # fmt: skip
+        print("| route | first load s | speed-up | first load + read all weights s | speed-up "
+              "| repeated load s | speed-up | extra disk per SAE |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|")
+        for route, m in med.items():
+            print(f"| {route} ({runs[route][0]['cls']}) | {m['first']:.3f} | "
+                  f"{base['first'] / m['first']:.1f}x | {m['first_read']:.3f} | "
+                  f"{base['first_read'] / m['first_read']:.1f}x | {m['repeated']:.4f} | "
+                  f"{base['repeated'] / m['repeated']:.1f}x | {m['extra_disk'] / 1e6:.0f} MB |")  # fmt: skip
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

@@ -52,7 +52,7 @@ def _add_info(sub) -> None:
 
 
 def _add_download(sub) -> None:
-    p = sub.add_parser("download", help="download, check and convert one Gemma Scope SAE")
+    p = sub.add_parser("download", help="download and check one Gemma Scope SAE (a compressed npz is also converted)")
     p.add_argument("release", help="e.g. gemma-scope-2b-pt-res")
     p.add_argument("sae_id", help="e.g. layer_20/width_16k/average_l0_71")
     p.add_argument("--revision", help="branch, tag or commit of the Hugging Face repo")

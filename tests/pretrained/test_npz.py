@@ -182,3 +182,15 @@ def test_verify_refuses_a_file_that_is_not_a_hub_blob(tmp_path):
     np.savez(path, a=np.zeros(3))
     with pytest.raises(ValueError, match="not a Hugging Face blob named by its sha256"):
         verify_blob(path)
+
+
+def test_cli_download_verifies_and_says_no_copy_is_needed(hub, entry, capsys):
+    import gemma_scope_cli
+
+    npz = write_params(hub, entry.repo_id, entry.path, random_params(entry.d_in, entry.width))
+    assert gemma_scope_cli.main(["download", entry.release, entry.sae_id, "--verify"]) == 0
+    assert "not needed (uncompressed: memory-mapped in place)" in capsys.readouterr().out
+    _damage(npz.resolve(), npz.stat().st_size // 2, b"\x00\x01\x02\x03")
+    assert gemma_scope_cli.main(["download", entry.release, entry.sae_id, "--verify"]) == 2
+    assert "sha256 of its bytes" in capsys.readouterr().err
+    assert not cache.cache_root().exists()

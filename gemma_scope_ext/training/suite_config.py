@@ -73,6 +73,8 @@ class SuiteConfig:
     """Token source for live training: ``docstrings[:split]`` (built in) or a token file."""
     cache_path: str | None = None
     """Train from this activation cache (``gemma-scope harvest``) instead of running the model."""
+    shuffle_shards: bool = True
+    """Read the cache's shards in a seeded random order each epoch (False: in harvest order)."""
     context_size: int = 1024
     """Tokens per row (BOS included) for live training."""
     store_batch_size_prompts: int = 8

@@ -51,7 +51,8 @@ def default_source(cfg: SuiteConfig, model: Any, hooks: list[str]) -> ChunkSourc
         from gemma_scope_ext.activations.reader import CacheSource
 
         return CacheSource(cfg.cache_path, hooks, model_name=cfg.model_name, seed=cfg.seed,
-                           widths=cfg.hook_widths(), dtype=getattr(torch, cfg.dtype))  # fmt: skip
+                           widths=cfg.hook_widths(), dtype=getattr(torch, cfg.dtype),
+                           shuffle=cfg.shuffle_shards)  # fmt: skip
     if model is None:
         from gemma_scope_ext.models.loading import load_model
 

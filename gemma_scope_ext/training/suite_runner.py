@@ -72,11 +72,14 @@ class SuiteTrainingRunner:
 
     ``source`` overrides where the packed activations come from (any ``ChunkSource`` whose columns
     are ``cfg.hooks()`` in order); by default the cache at ``cfg.cache_path`` or the model.
+    ``metrics_log`` receives a record every ``log_every`` steps (losses, tokens/s) and one per
+    finished entry (L0, FVU, dead fraction).
     """
 
     def __init__(self, cfg: SuiteConfig, model: Any = None, source: ChunkSource | None = None,
-                 progress: bool = True, metrics_log: Callable[[dict], None] | None = None) -> None:  # fmt: skip
-        self.cfg, self.model, self.progress = cfg, model, progress
+                 progress: bool = True, metrics_log: Callable[[dict], None] | None = None,
+                 log_every: int = 0) -> None:  # fmt: skip
+        self.cfg, self.model, self.progress, self.log_every = cfg, model, progress, log_every
         self.out = check_writable_dir(cfg.output_path, "suite output folder")
         self.manifest = read_manifest(self.out)
         self.todo = [e for e in cfg.entries if e.name not in self.manifest["entries"]]
@@ -139,6 +142,9 @@ class SuiteTrainingRunner:
             rate = (step * cfg.train_batch_size_tokens - tokens0) / max(time.perf_counter() - t0, 1e-9)
             bar.set_postfix(tokens_per_s=f"{rate:,.0f}")
             bar.update(1)
+            if self.log_every and step % self.log_every == 0:
+                self.metrics_log({"event": "step", "step": step, "tokens_per_s": rate,
+                                  "loss": {n: float(o.loss.detach()) for n, o in last.items()}})  # fmt: skip
             if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0 and trainers:
                 save_checkpoint(self.out, step, trainers, {"buffer": buffer.state_dict()})
         bar.close()

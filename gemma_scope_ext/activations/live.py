@@ -59,7 +59,7 @@ class LiveSource:
         rows = self.tokens[i * self.batch_rows : (i + 1) * self.batch_rows]
         device = next(self.model.parameters()).device
         acts = activations_of(self.model, rows.to(device), self.hooks, self.special_ids)
-        return acts.to("cpu", self.dtype)
+        return acts.to(dtype=self.dtype)  # stays on the model's device
 
     def seek(self, position: int) -> None:
         self.position = position

@@ -12,6 +12,7 @@ stopped after the deepest block any entry reads) or from a cache (``CacheSource`
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -148,6 +149,7 @@ class SuiteTrainingRunner:
             if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0 and trainers:
                 save_checkpoint(self.out, step, trainers, {"buffer": buffer.state_dict()})
         bar.close()
+        shutil.rmtree(self.out / "checkpoints", ignore_errors=True)  # every entry is saved
         return self.manifest
 
     @torch.no_grad()

@@ -104,8 +104,9 @@ def test_a_suite_trains_what_single_runs_train(tiny_model, tmp_path) -> None:
 
 def test_a_finished_entry_is_not_trained_again(tiny_model, tmp_path) -> None:
     entries = two_entries()[:1]
-    cfg = suite_cfg(tmp_path, entries, training_tokens=4 * BATCH)
+    cfg = suite_cfg(tmp_path, entries, training_tokens=4 * BATCH, checkpoint_every_steps=1)
     SuiteTrainingRunner(cfg, model=tiny_model, progress=False).run()
+    assert not (tmp_path / "suite" / "checkpoints").exists()  # a finished suite keeps none
     folder = tmp_path / "suite" / entries[0].name
     before = (folder / "sae_weights.safetensors").stat().st_mtime_ns
     more = [*entries, SuiteEntry("sae", "mlp", 1, 32, seed=1)]

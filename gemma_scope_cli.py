@@ -157,8 +157,39 @@ def _add_features(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler="gemma_scope_ext.cli.features:main")
 
+def _add_harvest(sub) -> None:
+    p = sub.add_parser("harvest", help="run the model once and store activations of many hooks")
+    p.add_argument("--model", default="tiny-gemma2",
+                   help="tiny-gemma2 (offline) or a Gemma 2 name, e.g. gemma-2-2b")
+    p.add_argument("--site", action="append", required=True,
+                   help="res, mlp, att, embedding or transcoder (input and target); repeat")
+    p.add_argument("--layer", type=int, action="append", help="block index; repeat for several")
+    p.add_argument("--tokens", type=positive_int, default=100_000,
+                   help="token positions to run over (special tokens are then dropped)")
+    p.add_argument("--dataset", default="docstrings:train",
+                   help="docstrings[:train|eval] (built in) or a token file with 'tokens' rows")
+    p.add_argument("--context-size", type=positive_int, default=1024, help="tokens per row")
+    p.add_argument("--rows-per-shard", type=positive_int, default=8,
+                   help="token rows per forward pass and per shard")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="precision the activations are stored in")
+    p.add_argument("--device", default=None, help="default: cuda when available (cpu for tiny)")
+    p.add_argument("--out", required=True, help="cache folder (rerun to continue a harvest)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler="gemma_scope_ext.cli.suite:harvest")
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a suite of SAEs and transcoders (SUITE.yaml)")
+    p.add_argument("suite", help="YAML file with SuiteConfig's fields (entries: list or ladder)")
+    p.add_argument("--log-every", type=int, default=100,
+                   help="write a metrics line every this many steps (0: only finished entries)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler="gemma_scope_ext.cli.suite:train")
+
+
 SUBCOMMANDS = [_add_demo, _add_list, _add_info, _add_download, _add_eval, _add_graph,
-               _add_features]
+               _add_features, _add_harvest, _add_train]
 
 
 def build_parser() -> argparse.ArgumentParser:

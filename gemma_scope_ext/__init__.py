@@ -85,12 +85,20 @@ from gemma_scope_ext.training import (
     GemmaScopeTrainingSAEConfig,
     GemmaScopeTrainingTranscoder,
     GemmaScopeTrainingTranscoderConfig,
+    SuiteConfig,
+    SuiteEntry,
+    SuiteTrainingRunner,
     TranscoderTrainingRunner,
     gemma_scope_sae_config,
     gemma_scope_transcoder_config,
+    suite_entries,
 )
 
 __all__ = [
+    "SuiteConfig",
+    "SuiteEntry",
+    "SuiteTrainingRunner",
+    "suite_entries",
     "AblationResult",
     "AttributionRow",
     "AttributionTable",

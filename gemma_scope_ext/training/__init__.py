@@ -15,6 +15,8 @@ from gemma_scope_ext.training.runner_config import (
 )
 from gemma_scope_ext.training.sae import GemmaScopeTrainingSAE
 from gemma_scope_ext.training.saving import save_sae_files
+from gemma_scope_ext.training.suite_config import SuiteConfig, SuiteEntry, suite_entries
+from gemma_scope_ext.training.suite_runner import SuiteTrainingRunner, entry_trainer
 from gemma_scope_ext.training.transcoder import (
     GemmaScopeTrainingTranscoder,
     GemmaScopeTrainingTranscoderConfig,
@@ -28,6 +30,11 @@ __all__ = [
     "GemmaScopeTrainingTranscoder",
     "GemmaScopeTrainingTranscoderConfig",
     "PairedBatch",
+    "SuiteConfig",
+    "SuiteEntry",
+    "SuiteTrainingRunner",
+    "entry_trainer",
+    "suite_entries",
     "TranscoderActivationsStore",
     "TranscoderEvaluator",
     "TranscoderRunnerConfig",

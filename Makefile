@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/gemma-scope demo
+	$(VENV)/bin/gemma-scope demo --overwrite
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check gemma_scope_ext gemma_scope_cli.py tests tutorials benchmarks tools

@@ -43,7 +43,7 @@ def check_output_folder(path: str | os.PathLike, overwrite: bool, what: str = "o
     if path.is_dir() and holds_saved_sae(path) and not overwrite:
         raise FileExistsError(
             f"{what} {path} already holds a saved SAE; choose another folder, or pass "
-            "overwrite=True to replace it"
+            "overwrite=True (--overwrite on the command line) to replace it"
         )
     probe_dir = path
     while not probe_dir.exists():

@@ -79,6 +79,7 @@ from gemma_scope_ext.saes import (
     GemmaScopeSAEConfig,
     GemmaScopeTranscoder,
     GemmaScopeTranscoderConfig,
+    tiny_sae,
 )
 from gemma_scope_ext.training import (
     GemmaScopeTrainingSAE,
@@ -111,6 +112,7 @@ __all__ = [
     "GemmaScopeTrainingTranscoder",
     "GemmaScopeTrainingTranscoderConfig",
     "TranscoderTrainingRunner",
+    "tiny_sae",
     "gemma_scope_transcoder_config",
     "EvalResult",
     "SweepResult",

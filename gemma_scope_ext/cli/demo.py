@@ -37,7 +37,7 @@ def _progress_every_step():
 
 
 def train_demo_sae(model, training_tokens: int = 200_000, seed: int = 0,
-                   output_path: str | None = None, overwrite: bool = False):  # fmt: skip
+                   output_path: str | None = None, overwrite: bool = False, d_sae: int = D_SAE):  # fmt: skip
     """A JumpReLU SAE on ``blocks.{LAYER}.hook_resid_post`` of ``model``, trained offline and
     saved to ``output_path`` (if given)."""
     from datasets import Dataset
@@ -48,7 +48,7 @@ def train_demo_sae(model, training_tokens: int = 200_000, seed: int = 0,
 
     torch.manual_seed(seed)
     cfg = gemma_scope_sae_config(
-        "tiny-gemma2", "res", LAYER, D_SAE,
+        "tiny-gemma2", "res", LAYER, d_sae,
         # The recipe's lr (7e-5) and warm-ups (1k and 10k steps) are sized for billions of
         # tokens; this run has a few hundred steps.
         training_tokens=training_tokens, train_batch_size_tokens=1024, lr=2e-3,

@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint bench tiny-model catalog clean
+.PHONY: install demo test lint bench tiny-model tiny-sae catalog clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/gemma-scope demo
+	$(VENV)/bin/gemma-scope demo --overwrite
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check gemma_scope_ext gemma_scope_cli.py tests tutorials benchmarks tools
@@ -29,6 +29,9 @@ bench: $(STAMP)
 # Rebuild the embedded tiny Gemma 2 (minutes on CPU); its output is committed.
 tiny-model: $(STAMP)
 	$(PY) tools/make_tiny_gemma2.py
+
+tiny-sae: $(STAMP)
+	$(PY) tools/make_tiny_sae.py
 
 # Regenerate the Gemma Scope catalog from SAELens's bundled pretrained_saes.yaml.
 catalog: $(STAMP)

@@ -26,10 +26,15 @@ def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="run the main job on the embedded tiny Gemma 2 (offline)")
     p.add_argument("--prompt", default="Return the number of items in the list.",
                    help="text whose tokens' strongest latents are printed at the end")
-    p.add_argument("--tokens", type=positive_int, default=600_000,
-                   help="training tokens for the SAE (default 600,000)")
-    p.add_argument("--features-out", default="gemma_scope_demo_features",
-                   help="folder for the trained SAE's feature dashboards")
+    p.add_argument("--tokens", type=positive_int, default=300_000,
+                   help="training tokens for the SAE (default 300,000)")
+    p.add_argument("--out", default="gemma_scope_demo/sae",
+                   help="folder the trained SAE is saved to (default gemma_scope_demo/sae)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an SAE already saved in --out")
+    p.add_argument("--features-out", default=None,
+                   help="folder for the trained SAE's feature dashboards (default: features/ "
+                        "beside --out)")
     p.set_defaults(handler="gemma_scope_ext.cli.demo:main")
 
 

@@ -79,6 +79,7 @@ from gemma_scope_ext.saes import (
     GemmaScopeSAEConfig,
     GemmaScopeTranscoder,
     GemmaScopeTranscoderConfig,
+    tiny_sae,
 )
 from gemma_scope_ext.training import (
     GemmaScopeTrainingSAE,
@@ -119,6 +120,7 @@ __all__ = [
     "GemmaScopeTrainingTranscoder",
     "GemmaScopeTrainingTranscoderConfig",
     "TranscoderTrainingRunner",
+    "tiny_sae",
     "gemma_scope_transcoder_config",
     "EvalResult",
     "SweepResult",

@@ -25,11 +25,27 @@ def test_tutorial_runs(path):
     assert run([str(path)]).stdout.strip()
 
 
-def test_demo_reports_the_metrics(tmp_path):
-    site = tmp_path / "features"
-    out = run(["-m", "gemma_scope_cli", "demo", "--tokens", "100000",
-               "--features-out", str(site)]).stdout
+def test_demo_reports_saves_and_prints_commands_that_work(tmp_path):
+    import shlex
+
+    sae_dir = tmp_path / "demo" / "sae"
+    out = run(["-m", "gemma_scope_cli", "demo", "--tokens", "20000", "--out", str(sae_dir)]).stdout
     for what in ("L0", "FVU", "delta loss", "zero-ablation", "strongest latents"):
         assert what in out
-    assert f"open {(site / 'index.html').as_uri()}" in out  # ends with the dashboard to open
+    site = tmp_path / "demo" / "features"  # by default beside the SAE
+    assert f"open {(site / 'index.html').as_uri()}" in out
     assert (site / "demo-res-2" / "features.json").is_file()
+    assert f"saved the SAE to {sae_dir.resolve()}" in out
+    assert (sae_dir / "cfg.json").is_file() and (sae_dir / "sae_weights.safetensors").is_file()
+    # The commands it ends with run as printed (gemma-scope is this interpreter's entry point).
+    commands = out.split("next, on the saved SAE:")[1].strip().splitlines()
+    assert [c.split()[:2] for c in commands] == [["gemma-scope", "eval"], ["gemma-scope", "features"]]
+    for command in commands:
+        args = shlex.split(command)
+        run(["-m", "gemma_scope_cli", *args[1:]])
+    assert (tmp_path / "demo" / "eval" / "eval.json").is_file()
+    # A second run refuses to replace the saved SAE before training, unless asked.
+    again = subprocess.run([sys.executable, "-m", "gemma_scope_cli", "demo", "--tokens", "20000",
+                            "--out", str(sae_dir)], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    assert again.returncode == 2 and "already holds a saved SAE" in again.stderr
+    assert "training a" not in again.stdout

@@ -2,14 +2,20 @@
 
 Trains on the residual stream after block 2 with SAELens's own runner and the Gemma Scope recipe
 (shortened: a larger learning rate and shorter warm-ups for a one-minute run), then reports L0,
-FVU and delta loss on held-out text and the strongest latents on each token of a prompt.
+FVU and delta loss on held-out text and the strongest latents on each token of a prompt. The SAE is
+saved to a folder (``--out``) and the demo ends with the commands that evaluate it and draw its
+feature dashboards.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import shlex
 import warnings
+from functools import partialmethod
+from pathlib import Path
 
 import torch
 
@@ -17,8 +23,23 @@ LAYER = 2
 D_SAE = 1024
 
 
-def train_demo_sae(model, training_tokens: int = 200_000, seed: int = 0):
-    """A JumpReLU SAE on ``blocks.{LAYER}.hook_resid_post`` of ``model``, trained offline."""
+@contextlib.contextmanager
+def _progress_every_step():
+    """SAELens's training bar moves every 100 steps; here, every step (a run has a few hundred)."""
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    original = SAETrainer._update_pbar
+    SAETrainer._update_pbar = partialmethod(original, update_interval=1)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        SAETrainer._update_pbar = original  # type: ignore[method-assign]
+
+
+def train_demo_sae(model, training_tokens: int = 200_000, seed: int = 0,
+                   output_path: str | None = None, overwrite: bool = False, d_sae: int = D_SAE):  # fmt: skip
+    """A JumpReLU SAE on ``blocks.{LAYER}.hook_resid_post`` of ``model``, trained offline and
+    saved to ``output_path`` (if given)."""
     from datasets import Dataset
     from sae_lens import LanguageModelSAETrainingRunner
 
@@ -27,17 +48,27 @@ def train_demo_sae(model, training_tokens: int = 200_000, seed: int = 0):
 
     torch.manual_seed(seed)
     cfg = gemma_scope_sae_config(
-        "tiny-gemma2", "res", LAYER, D_SAE,
+        "tiny-gemma2", "res", LAYER, d_sae,
         # The recipe's lr (7e-5) and warm-ups (1k and 10k steps) are sized for billions of
         # tokens; this run has a few hundred steps.
         training_tokens=training_tokens, train_batch_size_tokens=1024, lr=2e-3,
         lr_warm_up_steps=20, l0_warm_up_steps=100, l0_coefficient=2e-3,
         context_size=128, store_batch_size_prompts=16, n_batches_in_buffer=8,
-        output_path=None, seed=seed,
+        output_path=output_path, overwrite=overwrite, checkpoint_path=None, seed=seed,
     )  # fmt: skip
     dataset = Dataset.from_dict({"text": sample_texts("train")})
     runner = LanguageModelSAETrainingRunner(cfg, override_model=model, override_dataset=dataset)
-    return runner.run()
+    with _progress_every_step():
+        return runner.run()
+
+
+def next_commands(sae_dir: str | Path, out_root: str | Path) -> list[str]:
+    """The commands to try next on the saved SAE, as a shell would take them."""
+    sae, root = shlex.quote(str(sae_dir)), Path(out_root)
+    return [
+        f"gemma-scope eval --sae {sae} --out {shlex.quote(str(root / 'eval'))}",
+        f"gemma-scope features --sae {sae} --out {shlex.quote(str(root / 'features'))}",
+    ]
 
 
 def _print_top_latents(model, sae, prompt: str, k: int = 3) -> None:
@@ -62,11 +93,21 @@ def main(args: argparse.Namespace) -> int:
     # alone, and that the dataset is not pre-tokenised; both are deliberate here.
     logging.getLogger("sae_lens").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="sae_lens")
-    n_tokens = getattr(args, "tokens", 600_000)  # absent when called without the CLI parser
+    from gemma_scope_ext.training.checks import check_output_folder
+
+    n_tokens = getattr(args, "tokens", 300_000)  # absent when called without the CLI parser
+    sae_dir = Path(getattr(args, "out", "gemma_scope_demo/sae"))
+    overwrite = bool(getattr(args, "overwrite", False))
+    features_out = getattr(args, "features_out", None) or str(sae_dir.parent / "features")
+    check_output_folder(sae_dir, overwrite, "--out folder")  # before any training
+    if sae_dir.is_dir() and overwrite:
+        print(f"replacing the SAE saved in {sae_dir} (--overwrite)")
     model = tiny_gemma2()
     print(f"training a {D_SAE}-latent JumpReLU SAE on blocks.{LAYER}.hook_resid_post of the tiny "
           f"Gemma 2 ({n_tokens:,} tokens, Gemma Scope recipe)")  # fmt: skip
-    sae = train_demo_sae(model, training_tokens=n_tokens)
+    sae = train_demo_sae(model, training_tokens=n_tokens, output_path=str(sae_dir),
+                         overwrite=overwrite)  # fmt: skip
+    print(f"saved the SAE to {sae_dir.resolve()}")
     sae.eval()
     tokens = sample_tokens(model.tokenizer, n_seqs=16, seq_len=128, split="eval")
     with torch.no_grad():
@@ -82,9 +123,11 @@ def main(args: argparse.Namespace) -> int:
         from gemma_scope_ext.features.build import feature_dashboards
 
         tokens = sample_tokens(model.tokenizer, n_seqs=200, seq_len=128, split="eval")
-        out = getattr(args, "features_out", "gemma_scope_demo_features")
-        data, index = feature_dashboards(model, sae, tokens, out, names=["demo-res-2"],
+        data, index = feature_dashboards(model, sae, tokens, features_out, names=["demo-res-2"],
                                          progress=False)  # fmt: skip
         print(f"\nfeature dashboards of its latents ({int((data[0].fires > 0).sum())} of {D_SAE} "
               f"fired on {data[0].n_tokens:,} held-out tokens): open {index.resolve().as_uri()}")
+    print("\nnext, on the saved SAE:")
+    for command in next_commands(sae_dir, sae_dir.parent):
+        print(f"  {command}")
     return 0

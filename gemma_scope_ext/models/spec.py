@@ -41,6 +41,8 @@ class ModelSpec:
     """Vocabulary size."""
     family: str = "gemma2"
     """Key of the model's family in ``FAMILIES``."""
+    n_ctx: int = 8192
+    """Longest sequence the model's positions cover (Gemma 2: 8192)."""
 
     @property
     def hf_name(self) -> str:
@@ -67,6 +69,7 @@ class ModelSpec:
             attn_scale=float(scale),
             d_vocab=cfg.d_vocab,
             family=family,
+            n_ctx=cfg.n_ctx,
         )
 
 
@@ -90,6 +93,7 @@ def spec_from_hf_config(config: Mapping[str, Any] | Path, name: str, family: str
         attn_scale=math.sqrt(c["query_pre_attn_scalar"]),
         d_vocab=c["vocab_size"],
         family=family,
+        n_ctx=c.get("max_position_embeddings", 8192),
     )
 
 

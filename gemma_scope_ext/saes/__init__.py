@@ -4,6 +4,7 @@ from gemma_scope_ext.saes.jumprelu import JumpReLU, Step, jumprelu, rectangle, s
 from gemma_scope_ext.saes.params import PARAM_NAMES, jumprelu_widths, rescale_for_hook_embed
 from gemma_scope_ext.saes.sae import GemmaScopeSAE, GemmaScopeSAEConfig
 from gemma_scope_ext.saes.sparse_decode import decode_active, use_sparse_decode
+from gemma_scope_ext.saes.tiny import tiny_sae
 from gemma_scope_ext.saes.transcoder import GemmaScopeTranscoder, GemmaScopeTranscoderConfig
 
 __all__ = [
@@ -20,5 +21,6 @@ __all__ = [
     "rectangle",
     "rescale_for_hook_embed",
     "step",
+    "tiny_sae",
     "use_sparse_decode",
 ]

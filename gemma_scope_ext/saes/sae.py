@@ -13,6 +13,7 @@ files and SAELens checkpoints load unchanged. Two things differ from the stock c
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from jaxtyping import Float
@@ -26,6 +27,7 @@ from gemma_scope_ext.saes.params import (
     jumprelu_widths,
     rescale_for_hook_embed,
 )
+from gemma_scope_ext.saes.saving import save_sae_files
 from gemma_scope_ext.saes.sparse_decode import decode_active, use_sparse_decode
 
 __all__ = ["ARCHITECTURE", "GemmaScopeSAE", "GemmaScopeSAEConfig"]
@@ -93,6 +95,14 @@ class GemmaScopeSAE(JumpReLUSAE):
         sae_out_pre = self.hook_sae_recons(sae_out_pre)
         sae_out_pre = self.run_time_activation_norm_fn_out(sae_out_pre)
         return self.reshape_fn_out(sae_out_pre, self.d_head)
+
+    @override
+    def save_model(self, path: str | Path, overwrite: bool = False) -> tuple[Path, Path]:
+        """SAELens's ``save_model``, written atomically; a folder that already holds a saved SAE
+        is refused (FileExistsError) unless ``overwrite``."""
+        state = self.state_dict()
+        self.process_state_dict_for_saving(state)
+        return save_sae_files(path, state, self.cfg.to_dict(), overwrite)
 
     @classmethod
     def from_params(

@@ -14,6 +14,7 @@ a stock ``jumprelu_transcoder`` that SAELens loads without this package.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from sae_lens.saes.sae import SAEMetadata
@@ -22,6 +23,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from gemma_scope_ext.saes.params import check_finite, check_last_dim, jumprelu_widths
+from gemma_scope_ext.saes.saving import save_sae_files
 
 __all__ = ["ARCHITECTURE", "GemmaScopeTranscoder", "GemmaScopeTranscoderConfig"]
 
@@ -77,6 +79,14 @@ class GemmaScopeTranscoder(JumpReLUTranscoder):
         """The predicted MLP output (width d_out) of latent activations."""
         check_last_dim(feature_acts, self.cfg.d_sae, "feature activations", self)
         return super().decode(feature_acts)
+
+    @override
+    def save_model(self, path: str | Path, overwrite: bool = False) -> tuple[Path, Path]:
+        """SAELens's ``save_model``, written atomically; a folder that already holds a saved SAE
+        is refused (FileExistsError) unless ``overwrite``."""
+        state = self.state_dict()
+        self.process_state_dict_for_saving(state)
+        return save_sae_files(path, state, self.cfg.to_dict(), overwrite)
 
     @classmethod
     def from_params(

@@ -1,7 +1,9 @@
-"""Training with the Gemma Scope recipe: training classes, configs, runner configs, paired store, saving."""
+"""Training with the Gemma Scope recipe: training classes, configs, runner configs, paired store,
+checks made before a run and while it runs, saving."""
 
 from gemma_scope_ext.training.config import GemmaScopeTrainingSAEConfig
 from gemma_scope_ext.training.decoder_grad import remove_parallel_grad
+from gemma_scope_ext.training.divergence import TrainingDivergedError
 from gemma_scope_ext.training.paired_store import (
     PairedBatch,
     TranscoderActivationsStore,
@@ -38,6 +40,7 @@ __all__ = [
     "TranscoderActivationsStore",
     "TranscoderEvaluator",
     "TranscoderRunnerConfig",
+    "TrainingDivergedError",
     "TranscoderTrainingRunner",
     "gemma_scope_sae_config",
     "gemma_scope_token_budget",

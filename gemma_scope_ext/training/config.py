@@ -54,6 +54,16 @@ class GemmaScopeTrainingSAEConfig(TrainingSAEConfig):
     normalise_decoder: bool = True
     """Renormalise decoder rows to unit norm after every optimiser step."""
 
+    divergence_ratio: float | None = 1000.0
+    """Stop training with ``TrainingDivergedError`` when the reconstruction loss exceeds this many
+    times the loss of predicting zero (the batch's mean squared target norm), or a threshold
+    exceeds this many times the batch's largest pre-activation. None turns these two off; a
+    non-finite loss or threshold always stops training."""
+
+    overwrite_saved: bool = False
+    """Let ``save_model``/``save_inference_model`` replace an SAE already saved in the folder
+    (``gemma_scope_sae_config(overwrite=True)`` sets it)."""
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.d_in < 1 or self.d_sae < 1:
@@ -80,6 +90,10 @@ class GemmaScopeTrainingSAEConfig(TrainingSAEConfig):
             raise ValueError(
                 f"input_scaling must be 'unit_mean_squared_norm' or 'none', "
                 f"got {self.input_scaling!r}"
+            )
+        if self.divergence_ratio is not None and not self.divergence_ratio > 1:
+            raise ValueError(
+                f"divergence_ratio must be > 1 or None, got {self.divergence_ratio}"
             )
         if self.input_scale is not None and not self.input_scale > 0:
             raise ValueError(f"input_scale must be positive or None, got {self.input_scale}")

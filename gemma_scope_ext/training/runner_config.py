@@ -10,6 +10,7 @@ from sae_lens.saes.sae import SAEMetadata
 
 from gemma_scope_ext.models.families import get_family, get_spec
 from gemma_scope_ext.models.sites import hook_name, hook_name_out, site_d_in, site_d_out
+from gemma_scope_ext.training.checks import check_run_settings
 from gemma_scope_ext.training.config import GemmaScopeTrainingSAEConfig
 from gemma_scope_ext.training.transcoder import GemmaScopeTrainingTranscoderConfig
 
@@ -34,8 +35,17 @@ def gemma_scope_sae_config(
     ``overrides`` replace runner fields (``training_tokens``, ``device``, ``dataset_path``...) or,
     when they name a ``GemmaScopeTrainingSAEConfig`` field (``l0_coefficient``...), SAE fields.
     Weights & Biases logging is off and nothing is fetched unless the overrides ask for it.
+
+    Impossible settings (no tokens, an empty batch, a context longer than the model's, a buffer
+    smaller than a batch, an lr outside (0, 1], a hook on a layer the model lacks, an
+    ``output_path`` that is a file or cannot be written) raise ValueError here, before any model
+    is loaded. An ``output_path`` that already holds a saved SAE is refused unless
+    ``overwrite=True``, which also lets the final save replace it.
     """
     spec = get_spec(model_name)
+    overwrite = overrides.pop("overwrite", False)
+    if not isinstance(overwrite, bool):
+        raise ValueError(f"overwrite must be True or False, got {overwrite!r}")
     hook = hook_name(spec, site, layer)
     derived = {"d_in", "d_sae", "reshape_activations"} & set(overrides)
     if derived:
@@ -50,7 +60,7 @@ def gemma_scope_sae_config(
     sae_cfg = GemmaScopeTrainingSAEConfig(
         d_in=site_d_in(spec, site), d_sae=d_sae, dtype=dtype, device=device,
         reshape_activations="hook_z" if hook.endswith("hook_z") else "none",
-        **sae_kwargs,
+        overwrite_saved=overwrite, **sae_kwargs,
     )  # fmt: skip
     runner_kwargs: dict[str, Any] = {
         # A tiny model has no hub repo: runners get it as override_model, under its own name.
@@ -83,6 +93,7 @@ def gemma_scope_sae_config(
             f"unknown settings {sorted(unknown)}: expected fields of LanguageModelSAERunnerConfig "
             "or GemmaScopeTrainingSAEConfig"
         )
+    check_run_settings(runner_kwargs, spec, overwrite)
     return LanguageModelSAERunnerConfig(sae=sae_cfg, **runner_kwargs)
 
 
@@ -133,9 +144,16 @@ def gemma_scope_transcoder_config(
 
     Input ``blocks.{layer}.ln2.hook_normalized``, target ``blocks.{layer}.hook_mlp_out``. Defaults and
     ``overrides`` are those of ``gemma_scope_sae_config`` (Adam beta1 0, lr 7e-5, BOS and other
-    special tokens excluded, wandb off, fp32); ``d_out`` may be overridden too.
+    special tokens excluded, wandb off, fp32), and so are the checks made before anything runs.
+    ``d_out``, if given, must be the width of the MLP output.
     """
-    d_out = overrides.pop("d_out", None) or site_d_out(model_name, "transcoder")
+    expected_d_out = site_d_out(model_name, "transcoder")
+    d_out = overrides.pop("d_out", expected_d_out)
+    if d_out != expected_d_out:
+        raise ValueError(
+            f"d_out={d_out!r}, but the transcoder predicts {hook_name_out(model_name, 'transcoder', layer)}"
+            f", which has width {expected_d_out} on {get_spec(model_name).name}; leave d_out out"
+        )
     # The base config's __post_init__ names the run after its SAE and would write that name into a
     # caller's LoggingConfig; it gets its own default logger, and this config names the run.
     logger = overrides.pop("logger", None)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,7 +47,12 @@ from typing_extensions import override
 from gemma_scope_ext.saes.jumprelu import jumprelu, step
 from gemma_scope_ext.training.config import GemmaScopeTrainingSAEConfig
 from gemma_scope_ext.training.decoder_grad import remove_parallel_grad
-from gemma_scope_ext.training.saving import save_sae_files
+from gemma_scope_ext.training.divergence import (
+    TrainingDivergedError,
+    diagnose_step,
+    diverged_message,
+)
+from gemma_scope_ext.training.saving import save_beside, save_sae_files
 
 __all__ = ["GemmaScopeTrainingSAE", "GemmaScopeTrainingSAEConfig"]
 
@@ -70,6 +76,9 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
         self.register_buffer("input_scale", self._scalar(known or 1.0))
         self.register_buffer("target_scale", self._scalar(known or 1.0))
         self.register_buffer("scales_fixed", torch.tensor(known is not None, device=self.device))
+        self.last_checkpoint: str | None = None
+        """The folder ``save_model`` last wrote (SAELens's trainer saves checkpoints with it)."""
+        self._last_batch: tuple[Tensor, Tensor, int] | None = None  # (x, target, step), raw
 
     def _scalar(self, value: float) -> Tensor:
         return torch.tensor(value, dtype=torch.float32, device=self.device)
@@ -186,18 +195,48 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
         sae_out = self.run_time_activation_norm_fn_out(self.hook_sae_recons(sae_out))
         return self.reshape_fn_out(sae_out, self.d_head)
 
-    @override
-    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
-        """One step of the recipe: loss = ||y - y_hat||^2 + lambda * L0 on scaled activations."""
-        self.complete_step()  # of the previous optimiser step
-        x, target = self.training_batch(step_input.sae_in)
-        self.estimate_scales(x, target)
+    def _scaled_forward(self, x: Tensor, target: Tensor) -> tuple[Tensor, ...]:
+        """(scaled target, latent activations, pre-activations, scaled reconstruction)."""
         sae_in = self.process_sae_in(x)
         target = target.to(self.dtype) * self.target_scale.to(self.dtype)
         feature_acts, hidden_pre = self._encode_processed(sae_in)
         sae_out = self.hook_sae_recons(
             feature_acts @ self.project_decoder_grad(self.W_dec) + self.b_dec
         )
+        return sae_in, target, feature_acts, hidden_pre, sae_out
+
+    @torch.no_grad()
+    def check_weights(self) -> None:
+        """Raise TrainingDivergedError if the weights are not finite or fail the divergence check
+        on the last training batch; called before every save."""
+        for name, param in self.named_parameters():
+            if not bool(torch.isfinite(param).all()):
+                raise TrainingDivergedError(diverged_message(
+                    f"{name} holds non-finite values", None, self.last_checkpoint))  # fmt: skip
+        if self._last_batch is not None:
+            x, target, step = self._last_batch
+            _, target, _, hidden_pre, sae_out = self._scaled_forward(x, target)
+            self._check_step(target, hidden_pre, sae_out, step + 1)
+
+    def _check_step(self, target: Tensor, hidden_pre: Tensor, sae_out: Tensor, step: int) -> None:
+        mse = (sae_out - target).pow(2).sum(dim=-1).mean()
+        problem = diagnose_step(mse, target, hidden_pre, self.get_threshold(),
+                                self.cfg.divergence_ratio)  # fmt: skip
+        if problem is not None:
+            raise TrainingDivergedError(diverged_message(problem, step, self.last_checkpoint))
+
+    @override
+    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        """One step of the recipe: loss = ||y - y_hat||^2 + lambda * L0 on scaled activations.
+
+        Raises TrainingDivergedError when the step has diverged (see ``training/divergence.py``).
+        """
+        self.complete_step()  # of the previous optimiser step
+        x, target = self.training_batch(step_input.sae_in)
+        self.estimate_scales(x, target)
+        self._last_batch = (x.detach(), target.detach(), step_input.n_training_steps)
+        sae_in, target, feature_acts, hidden_pre, sae_out = self._scaled_forward(x, target)
+        self._check_step(target, hidden_pre, sae_out, step_input.n_training_steps)
         mse_loss = (sae_out - target).pow(2).sum(dim=-1).mean()
         losses = {"mse_loss": mse_loss}
         losses.update(
@@ -253,13 +292,33 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
         state_dict.update(self.inference_state_dict())
 
     @override
-    def save_inference_model(self, path: Any) -> Any:
+    def save_model(self, path: Any, overwrite: bool | None = None) -> tuple[Path, Path]:
+        """SAELens's training checkpoint format, written atomically after ``check_weights``.
+
+        A folder that already holds a saved SAE is refused (FileExistsError) unless ``overwrite``
+        (default: the config's ``overwrite_saved``).
+        """
+        self.check_weights()
+        state = self.state_dict()
+        self.process_state_dict_for_saving(state)
+        overwrite = self.cfg.overwrite_saved if overwrite is None else overwrite
+        saved = save_sae_files(path, state, self.cfg.to_dict(), overwrite)
+        self.last_checkpoint = str(path)
+        return saved
+
+    @override
+    def save_inference_model(self, path: Any, overwrite: bool | None = None) -> tuple[Path, Path]:
         """Save in SAELens's stock ``jumprelu`` format (loads without this package).
 
-        The final optimiser step is completed first, in place (see ``complete_step``).
+        The final optimiser step is completed first, in place (see ``complete_step``), and the
+        weights checked. Over a saved SAE without ``overwrite`` (default: the config's
+        ``overwrite_saved``), see ``save_beside``: nothing is replaced and nothing is lost.
         """
         self.complete_step()
-        return save_sae_files(path, self.inference_state_dict(), self.cfg.get_inference_sae_cfg_dict())
+        self.check_weights()
+        overwrite = self.cfg.overwrite_saved if overwrite is None else overwrite
+        return save_beside(path, self.inference_state_dict(),
+                           self.cfg.get_inference_sae_cfg_dict(), overwrite)  # fmt: skip
 
 
 def _unit_mean_squared_norm_scale(x: Tensor) -> float:

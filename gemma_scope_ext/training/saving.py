@@ -1,32 +1,34 @@
-"""Writing an SAE folder in SAELens's on-disk format (safetensors weights + JSON config), atomically.
-
-Each file is written to a temporary name in the same folder and moved into place (see
-``gemma_scope_ext.files``), so a crash never leaves a half-written SAE that SAELens would try to load.
-"""
+"""Saving from training: the SAE folder writer (``saes/saving.py``), and a final save that never
+replaces an SAE already saved nor loses the one just trained."""
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import save_file
 from torch import Tensor
 
-from gemma_scope_ext.files import atomic_write, write_text
+from gemma_scope_ext.saes.saving import holds_saved_sae, save_sae_files
 
-__all__ = ["save_sae_files"]
+__all__ = ["holds_saved_sae", "save_beside", "save_sae_files"]
 
 
-def save_sae_files(
-    path: str | Path, state_dict: dict[str, Tensor], cfg_dict: dict[str, Any]
-) -> tuple[Path, Path]:
-    """Write ``sae_weights.safetensors`` and ``cfg.json`` under ``path``; returns both paths."""
-    from sae_lens.constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
-
+def save_beside(
+    path: str | os.PathLike, state_dict: dict[str, Tensor], cfg_dict: dict[str, Any],
+    overwrite: bool = False,
+) -> tuple[Path, Path]:  # fmt: skip
+    """``save_sae_files``, except that over a saved SAE without ``overwrite`` the files go to the
+    first free ``path-N`` and FileExistsError then names it: the old SAE is kept, and the one
+    just trained (hours of work, perhaps) is not lost."""
     folder = Path(path)
-    weights, cfg = folder / SAE_WEIGHTS_FILENAME, folder / SAE_CFG_FILENAME
-    tensors = {k: v.detach().contiguous() for k, v in state_dict.items()}
-    atomic_write(weights, lambda tmp: save_file(tensors, tmp))
-    write_text(cfg, json.dumps(cfg_dict))
-    return weights, cfg
+    if overwrite or not holds_saved_sae(folder):
+        return save_sae_files(folder, state_dict, cfg_dict, overwrite)
+    n = 1
+    while Path(f"{folder}-{n}").exists():
+        n += 1
+    save_sae_files(f"{folder}-{n}", state_dict, cfg_dict)
+    raise FileExistsError(
+        f"{folder} already holds a saved SAE, which was kept; this one was saved to "
+        f"{folder}-{n} instead (pass overwrite=True to replace the old one)"
+    )

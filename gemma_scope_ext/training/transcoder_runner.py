@@ -17,6 +17,8 @@ from sae_lens.llm_sae_training_runner import LanguageModelSAETrainingRunner
 from transformer_lens.hook_points import HookedRootModule
 from typing_extensions import override
 
+from gemma_scope_ext.models.families import get_spec
+from gemma_scope_ext.training.checks import check_against_model, check_run_settings
 from gemma_scope_ext.training.paired_store import TranscoderActivationsStore
 from gemma_scope_ext.training.runner_config import TranscoderRunnerConfig
 from gemma_scope_ext.training.transcoder_eval import TranscoderEvaluator
@@ -33,6 +35,9 @@ class TranscoderTrainingRunner(LanguageModelSAETrainingRunner):
     Only the data and the evaluation change: a paired store replaces the single-hook store, and
     ``TranscoderEvaluator`` replaces SAELens's evaluator. Training, checkpoints and saving are
     SAELens's; the saved folder is a stock ``jumprelu_transcoder``.
+
+    The settings are checked before the model is loaded (see ``training/checks.py``), and the
+    hooks, their widths and the context size against the model before any activation is read.
     """
 
     cfg: TranscoderRunnerConfig
@@ -51,9 +56,22 @@ class TranscoderTrainingRunner(LanguageModelSAETrainingRunner):
                 f"expected a TranscoderRunnerConfig (it names hook_name_out), got "
                 f"{type(cfg).__name__}; build one with gemma_scope_transcoder_config()"
             )
+        settings = {f: getattr(cfg, f) for f in (
+            "training_tokens", "train_batch_size_tokens", "context_size", "n_batches_in_buffer",
+            "store_batch_size_prompts", "seqpos_slice", "lr", "hook_name", "hook_name_out",
+            "output_path")}  # fmt: skip
+        try:
+            spec = get_spec(override_model if override_model is not None else cfg.model_name)
+        except ValueError:  # a model this package has no table for: checked once loaded
+            spec = None
+        check_run_settings(settings, spec, bool(getattr(cfg.sae, "overwrite_saved", False)))
         # The parent builds the model, the training transcoder and a single-hook store; the store
         # (which has read nothing yet) and the evaluator are then replaced by paired ones.
         super().__init__(cfg, override_dataset, override_model, override_sae)
+        check_against_model(
+            self.model, {cfg.hook_name: cfg.sae.d_in, cfg.hook_name_out: cfg.sae.d_out},
+            cfg.context_size,
+        )  # fmt: skip
         if getattr(self.sae.cfg, "d_out", None) is None:
             raise TypeError(
                 f"the SAE to train is a {type(self.sae).__name__}, not a transcoder; expected a "

@@ -47,6 +47,11 @@ from gemma_scope_ext.saes.jumprelu import jumprelu, step
 from gemma_scope_ext.training.config import GemmaScopeTrainingSAEConfig
 from gemma_scope_ext.training.decoder_grad import remove_parallel_grad
 from gemma_scope_ext.training.saving import save_sae_files
+from gemma_scope_ext.training.sparse_step import (
+    candidate_density,
+    sparse_training_step,
+    use_sparse_training,
+)
 
 __all__ = ["GemmaScopeTrainingSAE", "GemmaScopeTrainingSAEConfig"]
 
@@ -70,6 +75,8 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
         self.register_buffer("input_scale", self._scalar(known or 1.0))
         self.register_buffer("target_scale", self._scalar(known or 1.0))
         self.register_buffer("scales_fixed", torch.tensor(known is not None, device=self.device))
+        self.pair_density: float | None = None
+        """Candidate-pair density of the last training step (chooses the sparse step in 'auto')."""
 
     def _scalar(self, value: float) -> Tensor:
         return torch.tensor(value, dtype=torch.float32, device=self.device)
@@ -166,7 +173,8 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
         sae_in = self.reshape_fn_in(sae_in.to(self.dtype))
         sae_in = self.run_time_activation_norm_fn_in(self.hook_sae_input(sae_in))
         sae_in = sae_in * self.input_scale.to(self.dtype)
-        return sae_in - self.b_dec * self.cfg.apply_b_dec_to_input
+        # Subtracting b_dec * False would still make the input require grad, and cost a product.
+        return sae_in - self.b_dec if self.cfg.apply_b_dec_to_input else sae_in
 
     def _encode_processed(self, sae_in: Tensor) -> tuple[Tensor, Tensor]:
         hidden_pre = self.hook_sae_acts_pre(sae_in @ self.W_enc + self.b_enc)
@@ -194,17 +202,34 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
         self.estimate_scales(x, target)
         sae_in = self.process_sae_in(x)
         target = target.to(self.dtype) * self.target_scale.to(self.dtype)
-        feature_acts, hidden_pre = self._encode_processed(sae_in)
-        sae_out = self.hook_sae_recons(
-            feature_acts @ self.project_decoder_grad(self.W_dec) + self.b_dec
-        )
-        mse_loss = (sae_out - target).pow(2).sum(dim=-1).mean()
-        losses = {"mse_loss": mse_loss}
-        losses.update(
-            self.calculate_aux_loss(
-                replace(step_input, sae_in=sae_in), feature_acts, hidden_pre, sae_out
+        d_out = self.W_dec.shape[1]
+        if self._hooked() or sae_in.dim() != 2 or target.dim() != 2 or not use_sparse_training(
+            self.cfg.sparse_training, self.pair_density, self.cfg.d_in, self.cfg.d_sae, d_out,
+            sae_in.device,
+        ):  # fmt: skip
+            feature_acts, hidden_pre = self._encode_processed(sae_in)
+            sae_out = self.hook_sae_recons(
+                feature_acts @ self.project_decoder_grad(self.W_dec) + self.b_dec
             )
-        )
+            mse_loss = (sae_out - target).pow(2).sum(dim=-1).mean()
+            losses = {"mse_loss": mse_loss}
+            losses.update(
+                self.calculate_aux_loss(
+                    replace(step_input, sae_in=sae_in), feature_acts, hidden_pre, sae_out
+                )
+            )
+            if self.cfg.sparse_training == "auto":
+                self.pair_density = candidate_density(
+                    hidden_pre, self.get_threshold(), self.bandwidth
+                )
+        else:
+            out = sparse_training_step(
+                sae_in, self.W_enc, self.b_enc, self.get_threshold(), self.W_dec, self.b_dec,
+                target, self.bandwidth, self.cfg.project_decoder_grad,
+            )  # fmt: skip
+            feature_acts, hidden_pre, sae_out = out.feature_acts, out.hidden_pre, out.sae_out
+            self.pair_density = out.density
+            losses = {"mse_loss": out.mse_loss, "l0_loss": step_input.coefficients["l0"] * out.l0}
         return TrainStepOutput(
             sae_in=target,
             sae_out=sae_out,
@@ -213,6 +238,11 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
             loss=sum(losses.values()),  # type: ignore[arg-type]
             losses=losses,
         )
+
+    def _hooked(self) -> bool:
+        """Whether a hook sits on a point the sparse step does not route through."""
+        points = (self.hook_sae_acts_pre, self.hook_sae_acts_post, self.hook_sae_recons)
+        return any(p._forward_hooks or p._forward_pre_hooks for p in points)
 
     @override
     def calculate_aux_loss(

@@ -18,6 +18,7 @@ elementwise operations, in the same dtype, as the dense path, so band edges fall
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple
 
 import torch
@@ -46,7 +47,7 @@ decoder) and to be checked with ``benchmarks/bench_sparse_train.py --device cuda
 SPARSE_TRAIN_MIN_WORK = 1 << 22
 """Below this many multiply-adds per token (d_in * d_sae + d_sae * d_out) the dense step is used."""
 
-_CHUNK = 8192  # pairs per gather in the latent-gradient dot products (bounds the temporaries)
+_CHUNK = 8192  # pairs per gather where the sampled product is not used (bf16): bounds temporaries
 
 
 class SparseStep(NamedTuple):
@@ -103,8 +104,23 @@ def _rows_sum(index: Tensor, keys: Tensor, weights: Tensor, table: Tensor, n: in
 
 
 def _pair_dots(R: Tensor, W: Tensor, tok: Tensor, lat: Tensor) -> Tensor:
-    """R[tok[p]] . W[lat[p]] for every pair p, in chunks."""
-    out = torch.empty(tok.shape[0], dtype=torch.promote_types(R.dtype, W.dtype), device=R.device)
+    """R[tok[p]] . W[lat[p]] for every pair p (pairs sorted by token, then latent)."""
+    dtype = torch.promote_types(R.dtype, W.dtype)
+    if dtype in (torch.float32, torch.float64):
+        # A sampled dense-dense product (SDDMM) on the pairs' CSR pattern: about 20x faster on
+        # CPU than gathering both rows of every pair, and no [pairs, d_out] temporaries.
+        crow = torch.zeros(R.shape[0] + 1, dtype=torch.int64, device=R.device)
+        crow[1:] = torch.bincount(tok, minlength=R.shape[0]).cumsum(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "CSR support is in beta"
+            pattern = torch.sparse_csr_tensor(
+                crow, lat, torch.zeros(tok.shape[0], dtype=dtype, device=R.device),
+                size=(R.shape[0], W.shape[0]), check_invariants=False,
+            )  # fmt: skip
+            return torch.sparse.sampled_addmm(
+                pattern, R.to(dtype), W.to(dtype).T, beta=0.0
+            ).values()
+    out = torch.empty(tok.shape[0], dtype=dtype, device=R.device)
     for s in range(0, tok.shape[0], _CHUNK):
         t, j = tok[s : s + _CHUNK], lat[s : s + _CHUNK]
         out[s : s + _CHUNK] = torch.linalg.vecdot(R.index_select(0, t), W.index_select(0, j))

@@ -230,3 +230,17 @@ def test_auto_switches_by_measured_density(monkeypatch):
 def test_config_rejects_an_unknown_mode():
     with pytest.raises(ValueError, match="sparse_training"):
         GemmaScopeTrainingSAEConfig(d_in=4, d_sae=8, sparse_training="always")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pair_dot_products_equal_the_dense_product_at_the_pairs(dtype):
+    g = torch.Generator().manual_seed(0)
+    R, W = torch.randn(6, 20, generator=g), torch.randn(30, 20, generator=g)
+    tok, lat = (torch.rand(6, 30, generator=g) < 0.2).nonzero(as_tuple=True)
+    dots = sparse_step._pair_dots(R.to(dtype), W.to(dtype), tok, lat)
+    expected = (R.to(dtype).double() @ W.to(dtype).double().T)[tok, lat]
+    torch.testing.assert_close(dots.double(), expected, rtol=1e-2 if dtype != torch.float32 else
+                               1e-5, atol=1e-2 if dtype != torch.float32 else 1e-5)  # fmt: skip
+    with pytest.raises(AssertionError):  # the pairs matter: shifted latents give other values
+        torch.testing.assert_close(dots.double(), (R.double() @ W.double().T)[tok, (lat + 1) % 30],
+                                   rtol=1e-2, atol=1e-2)  # fmt: skip

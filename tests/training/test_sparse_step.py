@@ -244,3 +244,34 @@ def test_pair_dot_products_equal_the_dense_product_at_the_pairs(dtype):
     with pytest.raises(AssertionError):  # the pairs matter: shifted latents give other values
         torch.testing.assert_close(dots.double(), (R.double() @ W.double().T)[tok, (lat + 1) % 30],
                                    rtol=1e-2, atol=1e-2)  # fmt: skip
+
+
+def test_sae_lens_trainer_drives_the_sparse_step_unchanged():
+    """SAELens's own SAETrainer: the same weights after training with the step sparse or dense."""
+    import contextlib
+    import io
+
+    from sae_lens.config import LoggingConfig, SAETrainerConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    steps, batch = 40, 64
+    weights = {}
+    for mode in ("off", "on"):
+        sae = _sae(d_in=12, d_sae=48, sparse_training=mode)
+        gen = torch.Generator().manual_seed(5)
+        data = iter([torch.randn(batch, 12, generator=gen) * 2 for _ in range(steps + 5)])
+        cfg = SAETrainerConfig(
+            n_checkpoints=0, checkpoint_path=None, save_final_checkpoint=False,
+            total_training_samples=steps * batch, device="cpu", autocast=False, lr=3e-3,
+            lr_end=3e-3, lr_scheduler_name="constant", lr_warm_up_steps=0, adam_beta1=0.0,
+            adam_beta2=0.999, lr_decay_steps=0, n_restart_cycles=1,
+            train_batch_size_samples=batch, dead_feature_window=1000,
+            feature_sampling_window=2000, logger=LoggingConfig(log_to_wandb=False),
+            n_batches_for_norm_estimate=1,
+        )  # fmt: skip
+        with contextlib.redirect_stderr(io.StringIO()):
+            SAETrainer(cfg, sae, data).fit()
+        weights[mode] = {n: p.detach().clone() for n, p in sae.named_parameters()}
+    assert (weights["off"]["W_enc"] - _sae(d_in=12, d_sae=48).W_enc).abs().max() > 0.01
+    for name, value in weights["off"].items():
+        torch.testing.assert_close(weights["on"][name], value, rtol=1e-4, atol=1e-5, msg=name)

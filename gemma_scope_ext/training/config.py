@@ -64,6 +64,12 @@ class GemmaScopeTrainingSAEConfig(TrainingSAEConfig):
     """Let ``save_model``/``save_inference_model`` replace an SAE already saved in the folder
     (``gemma_scope_sae_config(overwrite=True)`` sets it)."""
 
+    sparse_training: Literal["auto", "on", "off"] = "auto"
+    """Run the training step sparse after the dense encoder forward (only active and in-band
+    (token, latent) pairs are touched; same loss and gradients as the dense step). 'auto' uses it
+    when the previous step's measured density is below the device's cut-off
+    (``training/sparse_step.py``), 'on' and 'off' force it."""
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.d_in < 1 or self.d_sae < 1:
@@ -85,6 +91,10 @@ class GemmaScopeTrainingSAEConfig(TrainingSAEConfig):
             raise ValueError(
                 f"l0_coefficient and l0_warm_up_steps must be >= 0, got "
                 f"{self.l0_coefficient} and {self.l0_warm_up_steps}"
+            )
+        if self.sparse_training not in ("auto", "on", "off"):
+            raise ValueError(
+                f"sparse_training must be 'auto', 'on' or 'off', got {self.sparse_training!r}"
             )
         if self.input_scaling not in ("unit_mean_squared_norm", "none"):
             raise ValueError(

@@ -11,11 +11,18 @@ zero-prediction loss; with ``lr=1e6`` it is 1e14 times it after one step and the
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["TrainingDivergedError", "diagnose_step", "diverged_message"]
+__all__ = [
+    "TrainingDivergedError",
+    "check_step",
+    "check_weights",
+    "diagnose_step",
+    "diverged_message",
+]
 
 
 class TrainingDivergedError(RuntimeError):
@@ -68,3 +75,29 @@ def diverged_message(problem: str, step: int | None, last_checkpoint: str | None
         f"{where}: {problem}. Expected a loss near or below that of predicting zero; lower the "
         f"learning rate (Gemma Scope used 7e-5). {kept}"
     )
+
+
+def check_step(
+    sae: Any, target: Tensor, hidden_pre: Tensor, sae_out: Tensor, step: int
+) -> None:
+    """Raise TrainingDivergedError if this training step of ``sae`` (a GemmaScopeTrainingSAE,
+    untyped here since that module imports this one) has diverged."""
+    mse = (sae_out - target).pow(2).sum(dim=-1).mean()
+    problem = diagnose_step(mse, target, hidden_pre, sae.get_threshold(),
+                            sae.cfg.divergence_ratio)  # fmt: skip
+    if problem is not None:
+        raise TrainingDivergedError(diverged_message(problem, step, sae.last_checkpoint))
+
+
+@torch.no_grad()
+def check_weights(sae: Any) -> None:
+    """Raise TrainingDivergedError if ``sae``'s weights are not finite, or fail the divergence
+    check on its last training batch (the check run before every save)."""
+    for name, param in sae.named_parameters():
+        if not bool(torch.isfinite(param).all()):
+            raise TrainingDivergedError(diverged_message(
+                f"{name} holds non-finite values", None, sae.last_checkpoint))  # fmt: skip
+    if sae._last_batch is not None:
+        x, target, step = sae._last_batch
+        _, target, _, hidden_pre, sae_out = sae._scaled_forward(x, target)
+        check_step(sae, target, hidden_pre, sae_out, step + 1)

@@ -28,7 +28,6 @@ overrides ``training_batch`` and reuses the rest.
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -45,14 +44,16 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from gemma_scope_ext.saes.jumprelu import jumprelu, step
+from gemma_scope_ext.training import divergence
 from gemma_scope_ext.training.config import GemmaScopeTrainingSAEConfig
 from gemma_scope_ext.training.decoder_grad import remove_parallel_grad
-from gemma_scope_ext.training.divergence import (
-    TrainingDivergedError,
-    diagnose_step,
-    diverged_message,
-)
 from gemma_scope_ext.training.saving import save_beside, save_sae_files
+from gemma_scope_ext.training.scaling import unit_norm_scale
+from gemma_scope_ext.training.sparse_step import (
+    candidate_density,
+    sparse_training_step,
+    use_sparse_training,
+)
 
 __all__ = ["GemmaScopeTrainingSAE", "GemmaScopeTrainingSAEConfig"]
 
@@ -79,6 +80,8 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
         self.last_checkpoint: str | None = None
         """The folder ``save_model`` last wrote (SAELens's trainer saves checkpoints with it)."""
         self._last_batch: tuple[Tensor, Tensor, int] | None = None  # (x, target, step), raw
+        self.pair_density: float | None = None
+        """Candidate-pair density of the last training step (chooses the sparse step in 'auto')."""
 
     def _scalar(self, value: float) -> Tensor:
         return torch.tensor(value, dtype=torch.float32, device=self.device)
@@ -115,8 +118,8 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
         """Fix the input and target scalars from one batch so that E[||s x||^2] = 1."""
         if bool(self.scales_fixed):
             return
-        self.input_scale.fill_(_unit_mean_squared_norm_scale(x))
-        self.target_scale.fill_(_unit_mean_squared_norm_scale(target))
+        self.input_scale.fill_(unit_norm_scale(x))
+        self.target_scale.fill_(unit_norm_scale(target))
         self.scales_fixed.fill_(True)
 
     def project_decoder_grad(self, W_dec: Tensor) -> Tensor:
@@ -175,7 +178,8 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
         sae_in = self.reshape_fn_in(sae_in.to(self.dtype))
         sae_in = self.run_time_activation_norm_fn_in(self.hook_sae_input(sae_in))
         sae_in = sae_in * self.input_scale.to(self.dtype)
-        return sae_in - self.b_dec * self.cfg.apply_b_dec_to_input
+        # Subtracting b_dec * False would still make the input require grad, and cost a product.
+        return sae_in - self.b_dec if self.cfg.apply_b_dec_to_input else sae_in
 
     def _encode_processed(self, sae_in: Tensor) -> tuple[Tensor, Tensor]:
         hidden_pre = self.hook_sae_acts_pre(sae_in @ self.W_enc + self.b_enc)
@@ -195,55 +199,74 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
         sae_out = self.run_time_activation_norm_fn_out(self.hook_sae_recons(sae_out))
         return self.reshape_fn_out(sae_out, self.d_head)
 
+    def _scaled_inputs(self, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """(scaled, processed SAE input, scaled target)."""
+        return self.process_sae_in(x), target.to(self.dtype) * self.target_scale.to(self.dtype)
+
     def _scaled_forward(self, x: Tensor, target: Tensor) -> tuple[Tensor, ...]:
-        """(scaled target, latent activations, pre-activations, scaled reconstruction)."""
-        sae_in = self.process_sae_in(x)
-        target = target.to(self.dtype) * self.target_scale.to(self.dtype)
+        """The dense step: (scaled input, scaled target, latent activations, pre-activations,
+        scaled reconstruction)."""
+        sae_in, target = self._scaled_inputs(x, target)
         feature_acts, hidden_pre = self._encode_processed(sae_in)
-        sae_out = self.hook_sae_recons(
+        return sae_in, target, feature_acts, hidden_pre, self._decode_scaled(feature_acts)
+
+    def _decode_scaled(self, feature_acts: Tensor) -> Tensor:
+        return self.hook_sae_recons(
             feature_acts @ self.project_decoder_grad(self.W_dec) + self.b_dec
         )
-        return sae_in, target, feature_acts, hidden_pre, sae_out
 
-    @torch.no_grad()
     def check_weights(self) -> None:
         """Raise TrainingDivergedError if the weights are not finite or fail the divergence check
         on the last training batch; called before every save."""
-        for name, param in self.named_parameters():
-            if not bool(torch.isfinite(param).all()):
-                raise TrainingDivergedError(diverged_message(
-                    f"{name} holds non-finite values", None, self.last_checkpoint))  # fmt: skip
-        if self._last_batch is not None:
-            x, target, step = self._last_batch
-            _, target, _, hidden_pre, sae_out = self._scaled_forward(x, target)
-            self._check_step(target, hidden_pre, sae_out, step + 1)
+        divergence.check_weights(self)
 
-    def _check_step(self, target: Tensor, hidden_pre: Tensor, sae_out: Tensor, step: int) -> None:
-        mse = (sae_out - target).pow(2).sum(dim=-1).mean()
-        problem = diagnose_step(mse, target, hidden_pre, self.get_threshold(),
-                                self.cfg.divergence_ratio)  # fmt: skip
-        if problem is not None:
-            raise TrainingDivergedError(diverged_message(problem, step, self.last_checkpoint))
+    def _sparse_step_applies(self, sae_in: Tensor, target: Tensor) -> bool:
+        # the sparse step routes through none of these hook points: a hook there needs the dense one
+        points = (self.hook_sae_acts_pre, self.hook_sae_acts_post, self.hook_sae_recons)
+        if any(p._forward_hooks or p._forward_pre_hooks for p in points):
+            return False
+        if sae_in.dim() != 2 or target.dim() != 2:
+            return False
+        return use_sparse_training(
+            self.cfg.sparse_training, self.pair_density, self.cfg.d_in, self.cfg.d_sae,
+            self.W_dec.shape[1], sae_in.device,
+        )  # fmt: skip
 
     @override
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
         """One step of the recipe: loss = ||y - y_hat||^2 + lambda * L0 on scaled activations.
 
-        Raises TrainingDivergedError when the step has diverged (see ``training/divergence.py``).
+        The step runs sparse after the encoder forward where ``sparse_training`` chooses it (same
+        loss and gradients). Raises TrainingDivergedError when the step has diverged (see
+        ``training/divergence.py``).
         """
         self.complete_step()  # of the previous optimiser step
         x, target = self.training_batch(step_input.sae_in)
         self.estimate_scales(x, target)
         self._last_batch = (x.detach(), target.detach(), step_input.n_training_steps)
-        sae_in, target, feature_acts, hidden_pre, sae_out = self._scaled_forward(x, target)
-        self._check_step(target, hidden_pre, sae_out, step_input.n_training_steps)
-        mse_loss = (sae_out - target).pow(2).sum(dim=-1).mean()
-        losses = {"mse_loss": mse_loss}
-        losses.update(
-            self.calculate_aux_loss(
-                replace(step_input, sae_in=sae_in), feature_acts, hidden_pre, sae_out
+        sae_in, target = self._scaled_inputs(x, target)
+        if self._sparse_step_applies(sae_in, target):
+            out = sparse_training_step(
+                sae_in, self.W_enc, self.b_enc, self.get_threshold(), self.W_dec, self.b_dec,
+                target, self.bandwidth, self.cfg.project_decoder_grad,
+            )  # fmt: skip
+            feature_acts, hidden_pre, sae_out = out.feature_acts, out.hidden_pre, out.sae_out
+            self.pair_density = out.density
+            losses = {"mse_loss": out.mse_loss, "l0_loss": step_input.coefficients["l0"] * out.l0}
+        else:
+            feature_acts, hidden_pre = self._encode_processed(sae_in)
+            sae_out = self._decode_scaled(feature_acts)
+            losses = {"mse_loss": (sae_out - target).pow(2).sum(dim=-1).mean()}
+            losses.update(
+                self.calculate_aux_loss(
+                    replace(step_input, sae_in=sae_in), feature_acts, hidden_pre, sae_out
+                )
             )
-        )
+            if self.cfg.sparse_training == "auto":
+                self.pair_density = candidate_density(
+                    hidden_pre, self.get_threshold(), self.bandwidth
+                )
+        divergence.check_step(self, target, hidden_pre, sae_out, step_input.n_training_steps)
         return TrainStepOutput(
             sae_in=target,
             sae_out=sae_out,
@@ -320,12 +343,3 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
         return save_beside(path, self.inference_state_dict(),
                            self.cfg.get_inference_sae_cfg_dict(), overwrite)  # fmt: skip
 
-
-def _unit_mean_squared_norm_scale(x: Tensor) -> float:
-    mean_sq = x.detach().reshape(-1, x.shape[-1]).double().pow(2).sum(-1).mean().item()
-    if not math.isfinite(mean_sq) or mean_sq <= 0:
-        raise ValueError(
-            f"cannot scale inputs to unit mean squared norm: the batch's E[||x||^2] is {mean_sq}; "
-            "expected a positive finite value (is the hook producing zeros or NaNs?)"
-        )
-    return mean_sq**-0.5

@@ -27,7 +27,7 @@ from gemma_scope_ext.saes.params import (
     jumprelu_widths,
     rescale_for_hook_embed,
 )
-from gemma_scope_ext.saes.saving import save_sae_files
+from gemma_scope_ext.saes.saving import save_inference_sae
 from gemma_scope_ext.saes.sparse_decode import decode_active, use_sparse_decode
 
 __all__ = ["ARCHITECTURE", "GemmaScopeSAE", "GemmaScopeSAEConfig"]
@@ -100,9 +100,7 @@ class GemmaScopeSAE(JumpReLUSAE):
     def save_model(self, path: str | Path, overwrite: bool = False) -> tuple[Path, Path]:
         """SAELens's ``save_model``, written atomically; a folder that already holds a saved SAE
         is refused (FileExistsError) unless ``overwrite``."""
-        state = self.state_dict()
-        self.process_state_dict_for_saving(state)
-        return save_sae_files(path, state, self.cfg.to_dict(), overwrite)
+        return save_inference_sae(self, path, overwrite)
 
     @classmethod
     def from_params(

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from gemma_scope_ext.files import atomic_write, remove_stale_temporaries, write_text
 
-__all__ = ["holds_saved_sae", "save_sae_files"]
+__all__ = ["holds_saved_sae", "save_inference_sae", "save_sae_files"]
 
 
 def holds_saved_sae(folder: str | os.PathLike) -> bool:
@@ -56,3 +56,13 @@ def save_sae_files(
     atomic_write(weights, lambda tmp: save_file(tensors, tmp))
     write_text(cfg, json.dumps(cfg_dict))
     return weights, cfg
+
+
+def save_inference_sae(
+    sae: Any, path: str | os.PathLike, overwrite: bool = False
+) -> tuple[Path, Path]:
+    """SAELens's ``save_model`` for an inference SAE or transcoder (its state dict after
+    ``process_state_dict_for_saving``, and ``cfg.to_dict()``), through ``save_sae_files``."""
+    state = sae.state_dict()
+    sae.process_state_dict_for_saving(state)
+    return save_sae_files(path, state, sae.cfg.to_dict(), overwrite)

@@ -23,7 +23,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from gemma_scope_ext.saes.params import check_finite, check_last_dim, jumprelu_widths
-from gemma_scope_ext.saes.saving import save_sae_files
+from gemma_scope_ext.saes.saving import save_inference_sae
 
 __all__ = ["ARCHITECTURE", "GemmaScopeTranscoder", "GemmaScopeTranscoderConfig"]
 
@@ -84,9 +84,7 @@ class GemmaScopeTranscoder(JumpReLUTranscoder):
     def save_model(self, path: str | Path, overwrite: bool = False) -> tuple[Path, Path]:
         """SAELens's ``save_model``, written atomically; a folder that already holds a saved SAE
         is refused (FileExistsError) unless ``overwrite``."""
-        state = self.state_dict()
-        self.process_state_dict_for_saving(state)
-        return save_sae_files(path, state, self.cfg.to_dict(), overwrite)
+        return save_inference_sae(self, path, overwrite)
 
     @classmethod
     def from_params(

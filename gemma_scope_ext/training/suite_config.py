@@ -107,6 +107,14 @@ class SuiteConfig:
     """Device of the model and the SAEs."""
     dtype: str = "float32"
     """Precision of the SAEs and activations."""
+    log_to_wandb: bool = False
+    """Mirror the suite's metrics to one Weights & Biases run (``training/suite_wandb.py``)."""
+    wandb_project: str = "gemma_scope_suite"
+    """W&B project (as SAELens's ``LoggingConfig.wandb_project``)."""
+    wandb_entity: str | None = None
+    """W&B entity (team or user); None: W&B's default."""
+    run_name: str | None = None
+    """W&B run name; None: W&B's default."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Further recipe settings for every entry (fields of GemmaScopeTrainingSAEConfig)."""
 

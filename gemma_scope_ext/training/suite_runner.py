@@ -94,6 +94,7 @@ class SuiteTrainingRunner:
         self.width = start
         self._source = source
         self.metrics_log = metrics_log or (lambda record: None)
+        self._log = self.metrics_log  # and to W&B during a run that asks for it
 
     def source(self) -> ChunkSource:
         """Where the activations come from (built on first use, after the checks)."""
@@ -120,6 +121,12 @@ class SuiteTrainingRunner:
         torch.manual_seed(cfg.seed)
         buffer = MixingBuffer(self.source(), cfg.n_batches_in_buffer * cfg.train_batch_size_tokens,
                               cfg.train_batch_size_tokens, cfg.mix_fraction, cfg.seed)  # fmt: skip
+        self._log, finish, log_every = self.metrics_log, None, self.log_every
+        if cfg.log_to_wandb:
+            from gemma_scope_ext.training.suite_wandb import with_wandb
+
+            self._log, finish = with_wandb(cfg, self.metrics_log)
+            log_every = log_every or 10  # SAELens's default wandb_log_frequency
         step = 0
         state = load_checkpoint(self.out, trainers)
         if state is not None:
@@ -143,12 +150,14 @@ class SuiteTrainingRunner:
             rate = (step * cfg.train_batch_size_tokens - tokens0) / max(time.perf_counter() - t0, 1e-9)
             bar.set_postfix(tokens_per_s=f"{rate:,.0f}")
             bar.update(1)
-            if self.log_every and step % self.log_every == 0:
-                self.metrics_log({"event": "step", "step": step, "tokens_per_s": rate,
+            if log_every and step % log_every == 0:
+                self._log({"event": "step", "step": step, "tokens_per_s": rate,
                                   "loss": {n: float(o.loss.detach()) for n, o in last.items()}})  # fmt: skip
             if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0 and trainers:
                 save_checkpoint(self.out, step, trainers, {"buffer": buffer.state_dict()})
         bar.close()
+        if finish is not None:
+            finish()
         shutil.rmtree(self.out / "checkpoints", ignore_errors=True)  # every entry is saved
         return self.manifest
 
@@ -169,4 +178,4 @@ class SuiteTrainingRunner:
                   "config": json.loads(json.dumps(entry.__dict__)), "metrics": metrics}  # fmt: skip
         self.manifest["entries"][entry.name] = record
         write_manifest(self.out, self.manifest)
-        self.metrics_log({"event": "entry_finished", "entry": entry.name, **metrics})
+        self._log({"event": "entry_finished", "entry": entry.name, **metrics})

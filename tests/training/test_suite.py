@@ -138,3 +138,56 @@ def test_suite_entries_builds_a_ladder_and_bad_configs_are_refused(tmp_path) -> 
     with pytest.raises(ValueError, match="unknown suite settings"):
         SuiteConfig.from_dict({**cfg.to_dict(), "lrr": 1})
     assert SuiteConfig.from_dict(cfg.to_dict()) == cfg
+
+
+class FakeWandbRun:
+    """Records what a W&B run is given (no network, no wandb folder)."""
+
+    def __init__(self, **init):
+        self.init, self.logged, self.finished = init, [], False
+
+    def log(self, values, step=None):
+        self.logged.append((values, step))
+
+    def finish(self):
+        self.finished = True
+
+
+def test_wandb_gets_the_suite_records_one_key_per_entry(tiny_model, tmp_path, monkeypatch) -> None:
+    import wandb
+
+    runs: list[FakeWandbRun] = []
+    monkeypatch.setattr(wandb, "init", lambda **kw: runs.append(FakeWandbRun(**kw)) or runs[-1])
+    entries = two_entries()
+    records: list[dict] = []
+    cfg = suite_cfg(tmp_path, entries, training_tokens=4 * BATCH, log_to_wandb=True,
+                    wandb_project="p", run_name="ladder")  # fmt: skip
+    SuiteTrainingRunner(cfg, model=tiny_model, progress=False, metrics_log=records.append,
+                        log_every=2).run()  # fmt: skip
+    (run,) = runs
+    assert run.init["project"] == "p" and run.init["name"] == "ladder" and run.finished
+    assert run.init["config"]["entries"][0]["site"] == "res"
+    steps = [r for r in records if r["event"] == "step"]
+    assert [s for _, s in run.logged if s is not None] == [r["step"] for r in steps] == [2, 4]
+    stepped = [values for values, step in run.logged if step is not None]
+    for record, values in zip(steps, stepped, strict=True):
+        assert values == {**{f"{n}/loss": v for n, v in record["loss"].items()},
+                          "suite/tokens_per_s": record["tokens_per_s"]}  # fmt: skip
+    finals = {k: v for values, step in run.logged if step is None for k, v in values.items()}
+    for record in (r for r in records if r["event"] == "entry_finished"):
+        assert finals[f"{record['entry']}/final_l0"] == record["l0"]
+        assert finals[f"{record['entry']}/final_fvu"] == record["fvu"]
+    assert {f"{e.name}/final_dead_fraction" for e in entries} <= set(finals)
+    # Control: without log_to_wandb no run is started, though the records are the same kind.
+    SuiteTrainingRunner(suite_cfg(tmp_path / "b", entries, training_tokens=4 * BATCH),
+                        model=tiny_model, progress=False, log_every=2).run()  # fmt: skip
+    assert len(runs) == 1
+
+
+def test_wandb_payload_refuses_unknown_records() -> None:
+    from gemma_scope_ext.training.suite_wandb import wandb_payload
+
+    assert wandb_payload({"event": "step", "step": 3, "tokens_per_s": 9.0, "loss": {"a": 1.0}}) == (
+        {"a/loss": 1.0, "suite/tokens_per_s": 9.0}, 3)  # fmt: skip
+    with pytest.raises(ValueError, match="unknown suite record event 'epoch'"):
+        wandb_payload({"event": "epoch"})

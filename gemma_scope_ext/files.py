@@ -10,6 +10,7 @@ ones a killed process left behind (:func:`remove_stale_temporaries`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -22,6 +23,7 @@ __all__ = [
     "atomic_write",
     "check_writable_dir",
     "remove_stale_temporaries",
+    "sha256_file",
     "write_json",
     "write_text",
 ]
@@ -108,3 +110,9 @@ def remove_stale_temporaries(folder: str | os.PathLike, older_than_s: float = 36
         except FileNotFoundError:  # another process cleaned it first
             continue
     return removed
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read in blocks (the checksum manifests record)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

@@ -15,14 +15,13 @@ Arrow's strengths (columnar queries, streaming from the hub) are not used here.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from gemma_scope_ext.files import write_json
+from gemma_scope_ext.files import sha256_file, write_json
 
 __all__ = ["FORMAT", "check_compatible", "read_cache_manifest", "shard_name", "verify_shard"]
 
@@ -34,15 +33,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 def shard_name(index: int) -> str:
     """File name of shard ``index``."""
     return f"shard-{index:05d}.safetensors"
-
-
-def sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_cache_manifest(folder: str | Path) -> dict[str, Any]:
@@ -82,7 +72,7 @@ def verify_shard(folder: Path, record: dict[str, Any], manifest: dict[str, Any])
     if size != record["bytes"]:
         raise ValueError(f"shard {path} is {size} bytes, the manifest says {record['bytes']}: "
                          "it is truncated or was replaced; harvest again")  # fmt: skip
-    if sha256(path) != record["sha256"]:
+    if sha256_file(path) != record["sha256"]:
         raise ValueError(f"shard {path} fails its SHA-256 check: it is corrupt; harvest again")
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}

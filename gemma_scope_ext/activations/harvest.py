@@ -25,12 +25,11 @@ from gemma_scope_ext.activations.cache_format import (
     MANIFEST,
     check_compatible,
     read_cache_manifest,
-    sha256,
     shard_name,
     write_cache_manifest,
 )
 from gemma_scope_ext.activations.live import activations_of
-from gemma_scope_ext.files import atomic_write, check_writable_dir
+from gemma_scope_ext.files import atomic_write, check_writable_dir, sha256_file
 
 __all__ = ["HarvestPlan", "harvest", "plan_harvest"]
 
@@ -103,7 +102,7 @@ def harvest(
         path = folder / shard_name(i)
         atomic_write(path, lambda tmp, t=tensors: save_file(t, tmp, metadata=meta))
         manifest["shards"].append({"file": path.name, "rows": int(packed.shape[0]),
-                                   "bytes": path.stat().st_size, "sha256": sha256(path)})  # fmt: skip
+                                   "bytes": path.stat().st_size, "sha256": sha256_file(path)})  # fmt: skip
         write_cache_manifest(folder, manifest)
     return manifest
 

@@ -7,27 +7,18 @@ interrupted run is refused on load rather than rendered. Both files are written 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 from gemma_scope_ext.features.config import FeatureConfig
 from gemma_scope_ext.features.results import FeatureData, SAEInfo
-from gemma_scope_ext.files import atomic_write, write_json
+from gemma_scope_ext.files import atomic_write, sha256_file, write_json
 
 __all__ = ["FORMAT_VERSION", "load_features", "save_features"]
 
 FORMAT_VERSION = 1
 TENSORS, META = "features.safetensors", "features.json"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def save_features(data: FeatureData, folder: str | os.PathLike) -> Path:
@@ -44,7 +35,7 @@ def save_features(data: FeatureData, folder: str | os.PathLike) -> Path:
     atomic_write(folder / TENSORS, lambda tmp: save_file(tensors, tmp))
     write_json(folder / META, {
         "format_version": FORMAT_VERSION, "info": vars(data.info), "config": data.config.to_dict(),
-        "n_tokens": data.n_tokens, "tensors_sha256": _sha256(folder / TENSORS),
+        "n_tokens": data.n_tokens, "tensors_sha256": sha256_file(folder / TENSORS),
         "token_strings": {str(k): v for k, v in data.token_strings.items()},
         "special_token_ids": list(data.special_token_ids),
     }, indent=None)  # fmt: skip
@@ -68,7 +59,7 @@ def load_features(folder: str | os.PathLike) -> FeatureData:
             f"{meta_path} has format version {meta.get('format_version')!r}; this version reads "
             f"{FORMAT_VERSION}. Collect the features again with this version"
         )
-    if _sha256(tensor_path) != meta["tensors_sha256"]:
+    if sha256_file(tensor_path) != meta["tensors_sha256"]:
         raise ValueError(
             f"{tensor_path} does not match {meta_path} (SHA-256 differs): it was replaced or an "
             "interrupted run left it half-written; collect the features again"

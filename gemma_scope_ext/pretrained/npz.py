@@ -16,7 +16,6 @@ symlink to it, so :func:`verify_blob` can check a file's bytes exactly without a
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import struct
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+from gemma_scope_ext.files import sha256_file
 
 __all__ = ["IntegrityError", "NpzMember", "all_stored", "map_npz", "npz_members", "verify_blob"]
 
@@ -143,8 +144,7 @@ def verify_blob(path: str | os.PathLike) -> str:
             f"cannot verify {path}: it resolves to {blob}, not a Hugging Face blob named by its "
             "sha256 (blobs/<64 hex digits>)"
         )
-    with open(blob, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    digest = sha256_file(blob)
     if digest != name:
         raise IntegrityError(
             f"{path}: sha256 of its bytes is {digest}, but Hugging Face stored it as {name}: the file "

@@ -17,12 +17,7 @@ from tests.training.test_suite import BATCH, SPECIAL, suite_cfg, trained_weights
 HOOK_IN, HOOK_OUT = "blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def harvest_for(model, cfg: SuiteConfig, out, **kw) -> dict:

@@ -22,12 +22,7 @@ SPECIAL = [0, 1, 2]
 BATCH = 64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def suite_cfg(tmp_path, entries, **kw) -> SuiteConfig:

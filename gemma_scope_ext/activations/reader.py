@@ -2,7 +2,8 @@
 
 ``CacheSource`` is a ``ChunkSource``: chunk ``i`` is shard ``order(epoch)[i mod n]``, where each
 epoch's order is a permutation drawn from the seed (or row order with ``shuffle=False``), so a
-position number is all a checkpoint needs. Shards are memory-mapped by safetensors; each is checked
+position number is all a checkpoint needs. ``shards`` limits a source to some of the shards (the
+disjoint share of one data stream of a distributed run). Shards are memory-mapped by safetensors; each is checked
 (size, SHA-256, model, hooks, dtype) the first time it is read.
 """
 
@@ -26,7 +27,8 @@ class CacheSource:
 
     def __init__(self, path: str | Path, hooks: Sequence[str], model_name: str | None = None,
                  seed: int = 0, widths: dict[str, int] | None = None,
-                 dtype: torch.dtype = torch.float32, shuffle: bool = True) -> None:  # fmt: skip
+                 dtype: torch.dtype = torch.float32, shuffle: bool = True,
+                 shards: Sequence[int] | None = None) -> None:  # fmt: skip
         self.folder = Path(path)
         self.manifest = read_cache_manifest(self.folder)
         m = self.manifest
@@ -44,13 +46,18 @@ class CacheSource:
         if not m["shards"]:
             raise ValueError(f"the cache at {path} has no finished shard; run the harvest first")
         self.hooks, self.seed, self.dtype, self.shuffle = list(hooks), seed, dtype, shuffle
-        self.n = len(m["shards"])
+        self.shards = list(range(len(m["shards"])) if shards is None else shards)
+        bad = [i for i in self.shards if not 0 <= i < len(m["shards"])]
+        if bad or not self.shards:
+            raise ValueError(f"shards {bad} out of range or none chosen: the cache at {path} has "
+                             f"{len(m['shards'])} finished shards")  # fmt: skip
+        self.n = len(self.shards)
         self.position = 0
         self._verified: set[int] = set()
         self._order: tuple[int, Tensor] | None = None
 
     def order(self, epoch: int) -> Tensor:
-        """Shard indices in the order epoch ``epoch`` reads them."""
+        """Positions in ``shards`` in the order epoch ``epoch`` reads them."""
         if self._order is None or self._order[0] != epoch:
             if self.shuffle:
                 gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
@@ -72,7 +79,7 @@ class CacheSource:
     def next_chunk(self) -> Float[Tensor, "rows width"]:
         epoch, i = divmod(self.position, self.n)
         self.position += 1
-        return self.read_shard(int(self.order(epoch)[i]))
+        return self.read_shard(self.shards[int(self.order(epoch)[i])])
 
     def seek(self, position: int) -> None:
         self.position = position

@@ -115,6 +115,16 @@ class SuiteConfig:
     """W&B entity (team or user); None: W&B's default."""
     run_name: str | None = None
     """W&B run name; None: W&B's default."""
+    distributed: Literal["data_parallel", "entries"] = "data_parallel"
+    """Under torchrun: ``data_parallel`` (every rank trains every entry on its share of the rows,
+    gradients all-reduced) or ``entries`` (each rank trains some entries on every row, activations
+    exchanged). Ignored in one process."""
+    data_streams: int | None = None
+    """Independent data streams the global batch is drawn from (disjoint shards or token rows,
+    each with its own mixing buffer); None: one per process. Results depend on this, not on the
+    number of processes, so 2 ranks with 2 streams train what 1 process with 2 streams trains."""
+    distributed_timeout_s: float = 1800.0
+    """Seconds a collective may wait for the other ranks before the job stops with an error."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Further recipe settings for every entry (fields of GemmaScopeTrainingSAEConfig)."""
 
@@ -143,6 +153,14 @@ class SuiteConfig:
         if self.training_tokens < self.train_batch_size_tokens:
             raise ValueError(f"training_tokens ({self.training_tokens}) is less than one batch "
                              f"({self.train_batch_size_tokens})")  # fmt: skip
+        if self.distributed not in ("data_parallel", "entries"):
+            raise ValueError(f"distributed must be 'data_parallel' or 'entries', got {self.distributed!r}")
+        n = self.data_streams
+        if n is not None and (n < 1 or self.train_batch_size_tokens % n):
+            raise ValueError(f"data_streams={n} must be >= 1 and divide train_batch_size_tokens "
+                             f"({self.train_batch_size_tokens}): each stream serves an equal share")  # fmt: skip
+        if self.distributed_timeout_s <= 0:
+            raise ValueError(f"distributed_timeout_s must be positive, got {self.distributed_timeout_s}")
         if not 0 <= self.mix_fraction < 1:
             raise ValueError(f"mix_fraction must be in [0, 1), got {self.mix_fraction}")
         if self.context_size < 2 or self.store_batch_size_prompts < 1 or self.n_batches_in_buffer < 1:

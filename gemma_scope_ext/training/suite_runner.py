@@ -6,7 +6,10 @@ learning-rate and lambda schedules, input/target scalars and dead-latent counter
 them (a transcoder gets its input and target hooks side by side, as ``TranscoderActivationsStore``
 serves them). The activations come from the model (``LiveSource``: one forward per batch of rows,
 stopped after the deepest block any entry reads) or from a cache (``CacheSource``), through a
-``MixingBuffer`` whose state checkpoints hold.
+``MixingBuffer`` per data stream whose state checkpoints hold.
+
+Under ``torchrun`` the same suite runs on every rank, data parallel or with the entries shared out
+(``suite_parallel.py``); rank 0 writes the manifest, metrics and checkpoint index.
 """
 
 from __future__ import annotations
@@ -16,25 +19,38 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from sae_lens.training.sae_trainer import SAETrainer
 from tqdm.auto import tqdm
 
-from gemma_scope_ext.activations.buffer import ChunkSource, MixingBuffer
+from gemma_scope_ext.activations.buffer import ChunkSource
 from gemma_scope_ext.files import check_writable_dir
+from gemma_scope_ext.training.distributed import (
+    Comm,
+    Topology,
+    check_same_config,
+    check_shared_folder,
+    start,
+)
 from gemma_scope_ext.training.runner_config import (
     gemma_scope_sae_config,
     gemma_scope_transcoder_config,
 )
 from gemma_scope_ext.training.suite_config import SuiteConfig, SuiteEntry
+from gemma_scope_ext.training.suite_parallel import Single, make_parallel
 from gemma_scope_ext.training.suite_state import (
+    begin_checkpoint,
+    commit_checkpoint,
     load_checkpoint,
     read_manifest,
-    save_checkpoint,
+    write_checkpoint_part,
     write_manifest,
 )
+from gemma_scope_ext.training.suite_streams import StreamSet
 
 __all__ = ["SuiteTrainingRunner", "entry_trainer"]
 
@@ -72,9 +88,9 @@ class SuiteTrainingRunner:
     """Trains every entry of a ``SuiteConfig`` not yet in its manifest; ``run()`` returns the manifest.
 
     ``source`` overrides where the packed activations come from (any ``ChunkSource`` whose columns
-    are ``cfg.hooks()`` in order); by default the cache at ``cfg.cache_path`` or the model.
-    ``metrics_log`` receives a record every ``log_every`` steps (losses, tokens/s) and one per
-    finished entry (L0, FVU, dead fraction).
+    are ``cfg.hooks()`` in order; one data stream only); by default the cache at ``cfg.cache_path``
+    or the model. ``metrics_log`` receives a record every ``log_every`` steps (losses, tokens/s)
+    and one per finished entry (L0, FVU, dead fraction); under torchrun, on rank 0 only.
     """
 
     def __init__(self, cfg: SuiteConfig, model: Any = None, source: ChunkSource | None = None,
@@ -85,24 +101,31 @@ class SuiteTrainingRunner:
         self.manifest = read_manifest(self.out)
         self.todo = [e for e in cfg.entries if e.name not in self.manifest["entries"]]
         self.hooks = cfg.hooks()
-        widths = cfg.hook_widths()
-        self.columns: dict[str, slice] = {}
-        start = 0
-        for h in self.hooks:
-            self.columns[h] = slice(start, start + widths[h])
-            start += widths[h]
-        self.width = start
         self._source = source
         self.metrics_log = metrics_log or (lambda record: None)
         self._log = self.metrics_log  # and to W&B during a run that asks for it
+        self.comm: Comm | None = None
+        """The collectives of the last ``run()`` under torchrun (``comm.bytes_sent``), else None."""
+        self._columns(self.hooks)
 
-    def source(self) -> ChunkSource:
-        """Where the activations come from (built on first use, after the checks)."""
-        if self._source is None:
-            from gemma_scope_ext.training.suite_sources import default_source
+    def _columns(self, hooks: list[str]) -> None:
+        widths, start_col = self.cfg.hook_widths(), 0
+        self.columns: dict[str, slice] = {}
+        for h in hooks:
+            self.columns[h] = slice(start_col, start_col + widths[h])
+            start_col += widths[h]
+        self.width = start_col
 
-            self._source = default_source(self.cfg, self.model, self.hooks)
-        return self._source
+    def sources(self, topo: Topology, cfg: SuiteConfig) -> dict[int, ChunkSource]:
+        """A source for each of this rank's data streams (built after the checks)."""
+        if self._source is not None:
+            if topo.data_streams != 1:
+                raise ValueError(f"a source passed to SuiteTrainingRunner feeds one data stream; "
+                                 f"this run has {topo.data_streams}: leave source out")  # fmt: skip
+            return {0: self._source}
+        from gemma_scope_ext.training.suite_sources import stream_sources
+
+        return stream_sources(cfg, self.model, self.hooks, topo.streams, topo.data_streams)
 
     def batch_for(self, entry: SuiteEntry, batch: torch.Tensor) -> torch.Tensor:
         """The entry's columns: its hook, or its input and target hooks side by side."""
@@ -112,70 +135,120 @@ class SuiteTrainingRunner:
     def run(self) -> dict[str, Any]:
         """Train the unfinished entries to their budgets, saving each as it finishes."""
         cfg = self.cfg
+        joined = dist.is_initialized()
+        topo, self.comm = start(cfg.data_streams, cfg.device, cfg.distributed_timeout_s)
+        try:
+            if self.comm is not None:
+                check_same_config(self.comm, {**cfg.to_dict(), "todo": [e.name for e in self.todo]})
+                check_shared_folder(self.comm, self.out)
+            return self._run(topo, make_parallel(topo, self.comm, cfg))
+        finally:
+            if self.comm is not None and not joined:
+                dist.destroy_process_group()
+
+    def _run(self, topo: Topology, par: Single) -> dict[str, Any]:
+        cfg = self.cfg
         self.manifest["suite"] = cfg.to_dict()
         if not self.todo:
-            write_manifest(self.out, self.manifest)
+            if topo.writer:
+                write_manifest(self.out, self.manifest)
             return self.manifest
-        trainers = {e.name: entry_trainer(cfg, e) for e in self.todo}
+        run_cfg = replace(cfg, device=topo.device(cfg.device))
+        owned = par.owns(self.todo)
+        self._columns(par.batch_hooks(self.hooks, owned))
+        trainers = {e.name: entry_trainer(run_cfg, e) for e in owned}
+        for trainer in trainers.values():
+            par.prepare(trainer)
         entries = {e.name: e for e in self.todo}
+        batch_size = cfg.train_batch_size_tokens
+        finish_at = {e.name: -(-cfg.entry_tokens(e) // batch_size) for e in self.todo}
+        total = max(finish_at.values())
         torch.manual_seed(cfg.seed)
-        buffer = MixingBuffer(self.source(), cfg.n_batches_in_buffer * cfg.train_batch_size_tokens,
-                              cfg.train_batch_size_tokens, cfg.mix_fraction, cfg.seed)  # fmt: skip
+        streams = StreamSet(cfg, self.sources(topo, run_cfg), topo.data_streams)
         self._log, finish, log_every = self.metrics_log, None, self.log_every
-        if cfg.log_to_wandb:
+        if cfg.log_to_wandb and topo.writer:
             from gemma_scope_ext.training.suite_wandb import with_wandb
 
             self._log, finish = with_wandb(cfg, self.metrics_log)
+        if cfg.log_to_wandb:
             log_every = log_every or 10  # SAELens's default wandb_log_frequency
         step = 0
-        state = load_checkpoint(self.out, trainers)
+        state = load_checkpoint(self.out, trainers, topo.streams, topo.data_streams, topo.rank)
         if state is not None:
-            buffer.load_state_dict(state["buffer"])
-            step = int(state["step"])
-        total = max(cfg.entry_tokens(e) for e in self.todo) // cfg.train_batch_size_tokens
-        bar = tqdm(total=total, initial=step, unit="step", disable=not self.progress,
-                   file=sys.stderr, desc=f"suite of {len(trainers)}")  # fmt: skip
+            step, stream_states = state
+            streams.load_state_dict(stream_states)
+        bar = tqdm(total=total, initial=step, unit="step", disable=not (self.progress and topo.writer),
+                   file=sys.stderr, desc=f"suite of {len(self.todo)}")  # fmt: skip
         last: dict[str, Any] = {}
-        t0, tokens0 = time.perf_counter(), step * cfg.train_batch_size_tokens
-        while trainers:
-            batch = buffer.next_batch()
+        t0, tokens0 = time.perf_counter(), step * batch_size
+        while step < total:
+            if self.comm is not None:
+                self.comm.where = f"step {step + 1}"
+            batch = par.exchange(streams.next_batch())
+            records = []
             for name, trainer in list(trainers.items()):
                 trainer.maybe_reset_sparsity()
-                last[name] = trainer.step(self.batch_for(entries[name], batch))
+                rows = self.batch_for(entries[name], batch)
+                token = par.before_step(trainer, rows)
+                last[name] = trainer.step(rows)
+                par.after_step(trainer, token, len(rows))
                 trainer.n_training_steps += 1
-                if trainer.n_training_samples >= trainer.cfg.total_training_samples:
-                    self._finish(entries[name], trainer, last.pop(name))
+                if step + 1 == finish_at[name]:
+                    records.append(self._finish(entries[name], trainer, last.pop(name), par, topo))
                     del trainers[name]
             step += 1
-            rate = (step * cfg.train_batch_size_tokens - tokens0) / max(time.perf_counter() - t0, 1e-9)
+            for record in par.records(records, step in finish_at.values()):
+                self.manifest["entries"][record["path"]] = record
+                if topo.writer:
+                    write_manifest(self.out, self.manifest)
+                    self._log({"event": "entry_finished", "entry": record["path"], **record["metrics"]})
+            rate = (step * batch_size - tokens0) / max(time.perf_counter() - t0, 1e-9)
             bar.set_postfix(tokens_per_s=f"{rate:,.0f}")
             bar.update(1)
             if log_every and step % log_every == 0:
-                self._log({"event": "step", "step": step, "tokens_per_s": rate,
-                                  "loss": {n: float(o.loss.detach()) for n, o in last.items()}})  # fmt: skip
-            if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0 and trainers:
-                save_checkpoint(self.out, step, trainers, {"buffer": buffer.state_dict()})
+                losses = par.losses({n: float(o.loss.detach()) for n, o in last.items()})
+                if topo.writer:
+                    self._log({"event": "step", "step": step, "tokens_per_s": rate, "loss": losses})
+            if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0 and step < total:
+                self._checkpoint(topo, par, step, trainers, streams)
         bar.close()
         if finish is not None:
             finish()
-        shutil.rmtree(self.out / "checkpoints", ignore_errors=True)  # every entry is saved
+        if self.comm is not None:
+            self.comm.barrier()
+        if topo.writer:
+            shutil.rmtree(self.out / "checkpoints", ignore_errors=True)  # every entry is saved
         return self.manifest
 
+    def _checkpoint(self, topo: Topology, par: Single, step: int, trainers: dict[str, SAETrainer],
+                    streams: StreamSet) -> None:  # fmt: skip
+        """Every rank writes its part into a folder rank 0 made; rank 0 then makes it the latest."""
+        target = self.out / "checkpoints" / f"step-{step}"
+        if topo.writer:
+            begin_checkpoint(self.out, step)
+        if self.comm is not None:
+            self.comm.barrier()
+        mine = trainers if par.writes_entries(topo) else {}
+        write_checkpoint_part(target, mine, streams.state_dict(), topo.rank)
+        if self.comm is not None:
+            self.comm.barrier()
+        if topo.writer:
+            running = [e.name for e in self.todo if e.name not in self.manifest["entries"]]
+            commit_checkpoint(target, step, running, topo.data_streams)
+
     @torch.no_grad()
-    def _finish(self, entry: SuiteEntry, trainer: SAETrainer, out: Any) -> None:
+    def _finish(self, entry: SuiteEntry, trainer: SAETrainer, out: Any, par: Single,
+                topo: Topology) -> dict[str, Any]:  # fmt: skip
         trainer.set_final_sae_metadata()
-        folder = self.out / entry.name
-        trainer.sae.save_inference_model(str(folder))
-        target, recon = out.sae_in.double(), out.sae_out.double()
+        fvu = par.finish_metrics(out.sae_in, out.sae_out)
+        if par.writes_entries(topo):
+            trainer.sae.save_inference_model(str(self.out / entry.name))
         metrics = {
             "l0": float(trainer.sae.cfg.metadata.l0),
-            "fvu": float((recon - target).pow(2).sum() / (target - target.mean(0)).pow(2).sum()),
+            "fvu": fvu,
             "dead_fraction": float(trainer.dead_neurons.float().mean()),
             "training_tokens": trainer.n_training_samples,
         }
-        record = {"path": entry.name, "kind": entry.kind, "site": entry.site, "layer": entry.layer,
-                  "hooks": list(entry.hooks(self.cfg.model_name)),
-                  "config": json.loads(json.dumps(entry.__dict__)), "metrics": metrics}  # fmt: skip
-        self.manifest["entries"][entry.name] = record
-        write_manifest(self.out, self.manifest)
-        self._log({"event": "entry_finished", "entry": entry.name, **metrics})
+        return {"path": entry.name, "kind": entry.kind, "site": entry.site, "layer": entry.layer,
+                "hooks": list(entry.hooks(self.cfg.model_name)),
+                "config": json.loads(json.dumps(entry.__dict__)), "metrics": metrics}  # fmt: skip

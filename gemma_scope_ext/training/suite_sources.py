@@ -1,4 +1,8 @@
-"""The activation source a suite trains from when none is given: its cache, or the live model."""
+"""Where a suite's activations come from: its cache or the live model, split into data streams.
+
+Stream ``s`` of ``n`` reads every ``n``-th cache shard (``s, s + n, ...``) or every ``n``-th forward
+batch of token rows, so streams never share a token; with one stream it reads everything.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from gemma_scope_ext.activations.buffer import ChunkSource
 from gemma_scope_ext.activations.live import LiveSource
 from gemma_scope_ext.training.suite_config import SuiteConfig
 
-__all__ = ["default_source", "special_token_ids", "suite_tokens"]
+__all__ = ["default_source", "special_token_ids", "stream_seed", "stream_sources", "suite_tokens"]
 
 
 def special_token_ids(tokenizer: Any) -> list[int]:
@@ -45,14 +49,28 @@ def suite_tokens(spec: str, tokenizer: Any, n_tokens: int, context_size: int) ->
     return sample_tokens(tokenizer, rows, context_size, split or "train")  # type: ignore[arg-type]
 
 
-def default_source(cfg: SuiteConfig, model: Any, hooks: list[str]) -> ChunkSource:
-    """The cache at ``cfg.cache_path`` (no model needed), else the model run live."""
+def stream_seed(seed: int, stream: int) -> int:
+    """Seed of stream ``stream``'s mixing buffer and shard order (stream 0 keeps the suite's)."""
+    return seed + 1_000_033 * stream
+
+
+def stream_sources(cfg: SuiteConfig, model: Any, hooks: list[str], streams: range,
+                   n_streams: int) -> dict[int, ChunkSource]:  # fmt: skip
+    """A source for each of ``streams`` (of ``n_streams``): the cache at ``cfg.cache_path``
+    (no model needed), else the model run live on that stream's share of the token rows."""
     if cfg.cache_path is not None:
+        from gemma_scope_ext.activations.cache_format import read_cache_manifest
         from gemma_scope_ext.activations.reader import CacheSource
 
-        return CacheSource(cfg.cache_path, hooks, model_name=cfg.model_name, seed=cfg.seed,
-                           widths=cfg.hook_widths(), dtype=getattr(torch, cfg.dtype),
-                           shuffle=cfg.shuffle_shards)  # fmt: skip
+        n_shards = len(read_cache_manifest(cfg.cache_path)["shards"])
+        if n_shards < n_streams:
+            raise ValueError(f"the cache at {cfg.cache_path} has {n_shards} shards, fewer than the "
+                             f"{n_streams} data streams that each need their own: harvest with "
+                             "fewer rows per shard, or use fewer streams")  # fmt: skip
+        return {s: CacheSource(cfg.cache_path, hooks, model_name=cfg.model_name,
+                               seed=stream_seed(cfg.seed, s), widths=cfg.hook_widths(),
+                               dtype=getattr(torch, cfg.dtype), shuffle=cfg.shuffle_shards,
+                               shards=range(s, n_shards, n_streams)) for s in streams}  # fmt: skip
     if model is None:
         from gemma_scope_ext.models.loading import load_model
 
@@ -60,5 +78,19 @@ def default_source(cfg: SuiteConfig, model: Any, hooks: list[str]) -> ChunkSourc
     special = special_token_ids(model.tokenizer) if cfg.exclude_special_tokens else []
     tokens = suite_tokens(cfg.dataset, model.tokenizer,
                           max(cfg.entry_tokens(e) for e in cfg.entries), cfg.context_size)  # fmt: skip
-    return LiveSource(model, tokens, hooks, cfg.store_batch_size_prompts, special,
-                      getattr(torch, cfg.dtype))  # fmt: skip
+    rows = cfg.store_batch_size_prompts
+    n_batches = len(tokens) // rows
+    if n_batches < n_streams:
+        raise ValueError(f"{len(tokens)} token rows make {n_batches} forward batches of {rows}, "
+                         f"fewer than the {n_streams} data streams that each need their own")  # fmt: skip
+    out: dict[int, ChunkSource] = {}
+    for s in streams:
+        batches = torch.arange(s, n_batches, n_streams)
+        share = tokens[(batches[:, None] * rows + torch.arange(rows)).reshape(-1)]
+        out[s] = LiveSource(model, share, hooks, rows, special, getattr(torch, cfg.dtype))
+    return out
+
+
+def default_source(cfg: SuiteConfig, model: Any, hooks: list[str]) -> ChunkSource:
+    """The one source of a single-stream suite: its cache, or the model run live."""
+    return stream_sources(cfg, model, hooks, range(1), 1)[0]

@@ -3,9 +3,10 @@
 ``manifest.json`` lists every finished entry (its folder, hooks, config and final metrics) and is
 rewritten atomically each time an entry finishes; an entry listed there is never trained again.
 A checkpoint is a fresh folder ``checkpoints/step-N`` (weights, optimiser, schedulers and
-sparsity counters of every running entry, the mixing buffer's contents and generator, the data
-position, the global RNG); it counts only once ``checkpoints/latest.json`` names it, which is
-written atomically last, so a process killed mid-checkpoint leaves the previous one in force.
+sparsity counters of every running entry; each data stream's mixing buffer, generator and data
+position, ``stream-S.pt``; each rank's RNG, ``rank-R.pt``); it counts only once
+``checkpoints/latest.json`` names it, which is written atomically last, after every rank has
+written its part, so a process killed mid-checkpoint leaves the previous one in force.
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ import torch
 
 from gemma_scope_ext.files import write_json
 
-__all__ = ["load_checkpoint", "read_manifest", "save_checkpoint", "write_manifest"]
+__all__ = [
+    "begin_checkpoint",
+    "commit_checkpoint",
+    "load_checkpoint",
+    "read_manifest",
+    "save_checkpoint",
+    "write_checkpoint_part",
+    "write_manifest",
+]
 
 MANIFEST = "manifest.json"
 LATEST = "latest.json"
@@ -42,22 +51,42 @@ def write_manifest(folder: str | Path, manifest: dict[str, Any]) -> Path:
     return write_json(Path(folder) / MANIFEST, manifest)
 
 
-def save_checkpoint(folder: str | Path, step: int, trainers: dict[str, Any],
-                    data_state: dict[str, Any]) -> Path:  # fmt: skip
-    """Write checkpoint ``step`` under ``folder/checkpoints`` and make it the latest."""
-    root = Path(folder) / "checkpoints"
-    target = root / f"step-{step}"
+def begin_checkpoint(folder: str | Path, step: int) -> Path:
+    """A fresh, empty folder for checkpoint ``step`` (made by the writing rank only)."""
+    target = Path(folder) / "checkpoints" / f"step-{step}"
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
+    return target
+
+
+def write_checkpoint_part(target: Path, trainers: dict[str, Any],
+                          streams: dict[int, dict[str, Any]], rank: int) -> None:  # fmt: skip
+    """One rank's share of a checkpoint: its ``trainers``, its streams' buffers and its RNG."""
     for name, trainer in trainers.items():
         trainer.save_trainer_state(target / name)
         torch.save(trainer.sae.state_dict(), target / name / "weights.pt")
-    torch.save({**data_state, "step": step, "rng": torch.get_rng_state()}, target / "data.pt")
-    write_json(root / LATEST, {"step": step, "folder": target.name, "entries": sorted(trainers)})
+    for s, state in streams.items():
+        torch.save(state, target / f"stream-{s}.pt")
+    torch.save({"rng": torch.get_rng_state()}, target / f"rank-{rank}.pt")
+
+
+def commit_checkpoint(target: Path, step: int, entries: list[str], data_streams: int) -> None:
+    """Make ``target`` the latest checkpoint (written last, atomically) and drop older ones."""
+    root = target.parent
+    write_json(root / LATEST, {"step": step, "folder": target.name, "entries": sorted(entries),
+                               "data_streams": data_streams})  # fmt: skip
     for old in root.glob("step-*"):
         if old.name != target.name:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def save_checkpoint(folder: str | Path, step: int, trainers: dict[str, Any],
+                    streams: dict[int, dict[str, Any]]) -> Path:  # fmt: skip
+    """Checkpoint ``step`` of a single process: every trainer and stream, made the latest."""
+    target = begin_checkpoint(folder, step)
+    write_checkpoint_part(target, trainers, streams, rank=0)
+    commit_checkpoint(target, step, list(trainers), data_streams=len(streams))
     return target
 
 
@@ -68,11 +97,24 @@ def _latest(root: Path) -> Path | None:
     return root / json.loads(path.read_text())["folder"]
 
 
-def load_checkpoint(folder: str | Path, trainers: dict[str, Any]) -> dict[str, Any] | None:
-    """Restore every trainer named in the latest checkpoint; returns its data state, or None."""
-    latest = _latest(Path(folder) / "checkpoints")
+def load_checkpoint(folder: str | Path, trainers: dict[str, Any], streams: range,
+                    data_streams: int = 1,
+                    rank: int = 0) -> tuple[int, dict[int, dict[str, Any]]] | None:  # fmt: skip
+    """Restore ``trainers`` and this rank's RNG from the latest checkpoint; returns its step and
+    the buffer states of ``streams``, or None if there is no checkpoint."""
+    root = Path(folder) / "checkpoints"
+    latest = _latest(root)
     if latest is None:
         return None
+    saved = json.loads((root / LATEST).read_text()).get("data_streams", 1)
+    if saved != data_streams:
+        raise ValueError(f"checkpoint {latest} was written with {saved} data streams, this run has "
+                         f"{data_streams}: resume with data_streams={saved} (any number of "
+                         "processes that divides it), or remove the checkpoints folder")  # fmt: skip
+    for s in streams:
+        if not (latest / f"stream-{s}.pt").is_file():
+            raise ValueError(f"checkpoint {latest} has no state for data stream {s}; it is "
+                             "incomplete: remove the checkpoints folder to start afresh")  # fmt: skip
     for name, trainer in trainers.items():
         part = latest / name
         if not part.is_dir():
@@ -80,6 +122,8 @@ def load_checkpoint(folder: str | Path, trainers: dict[str, Any]) -> dict[str, A
                              "entries changed since it was written: remove it to start afresh")  # fmt: skip
         trainer.load_trainer_state(part)
         trainer.sae.load_state_dict(torch.load(part / "weights.pt", weights_only=True))
-    state = torch.load(latest / "data.pt", weights_only=False)
-    torch.set_rng_state(state.pop("rng"))
-    return state
+    mine = latest / f"rank-{rank}.pt"
+    if mine.is_file():
+        torch.set_rng_state(torch.load(mine, weights_only=False)["rng"])
+    states = {s: torch.load(latest / f"stream-{s}.pt", weights_only=False) for s in streams}
+    return int(json.loads((root / LATEST).read_text())["step"]), states

@@ -41,8 +41,9 @@ CHILD = textwrap.dedent("""
     model = tiny_gemma2()
     cfg = SuiteConfig.from_dict(json.load(open(cfg_path)))
     if kind == "train":
+        from gemma_scope_ext.activations.buffer import MixingBuffer
         from gemma_scope_ext.training import suite_runner
-        suite_runner.MixingBuffer.next_batch = dying(suite_runner.MixingBuffer.next_batch)
+        MixingBuffer.next_batch = dying(MixingBuffer.next_batch)
         suite_runner.SuiteTrainingRunner(cfg, model=model, progress=False).run()
     else:
         import importlib
@@ -95,9 +96,9 @@ def test_a_killed_suite_resumes_to_the_same_weights(tiny_model, tmp_path) -> Non
             torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-7)
     # Control: the same resume with the data position moved by one chunk trains other weights.
     moved = suite_cfg(tmp_path, entries(), mix_fraction=0.5, output_path=str(tmp_path / "moved"))
-    data_pt = tmp_path / "moved" / "checkpoints" / "step-6" / "data.pt"
+    data_pt = tmp_path / "moved" / "checkpoints" / "step-6" / "stream-0.pt"
     state = torch.load(data_pt, weights_only=False)
-    state["buffer"]["source_position"] += 1
+    state["source_position"] += 1
     torch.save(state, data_pt)
     SuiteTrainingRunner(moved, model=tiny_model, progress=False).run()
     name = entries()[1].name

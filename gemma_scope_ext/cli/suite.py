@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +53,12 @@ def train(args: argparse.Namespace) -> int:
     runner = SuiteTrainingRunner(cfg, progress=not args.quiet,
                                  metrics_log=_json_lines(out / "metrics.jsonl"),
                                  log_every=args.log_every)  # fmt: skip
-    if not runner.todo:
+    first = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks for the job
+    if not runner.todo and first:
         print(f"every entry of {args.suite} is already trained; see {out / 'manifest.json'}")
     manifest = runner.run()
-    print(f"{len(manifest['entries'])} entries in {out / 'manifest.json'}")
+    if first:
+        print(f"{len(manifest['entries'])} entries in {out / 'manifest.json'}")
     return 0
 
 

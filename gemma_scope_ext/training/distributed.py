@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import uuid
 from dataclasses import dataclass
@@ -111,13 +112,13 @@ class Comm:
         self.where = "start-up"
         """What the job was doing, for error messages (the runner updates it)."""
 
-    def _run(self, op: str, fn, *args, **kwargs):
+    def _run(self, what: str, fn, *args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except (RuntimeError, dist.DistError) as e:
             t = self.topology
             raise RankLostError(
-                f"rank {t.rank} of {t.world_size}: {op} failed during {self.where} ({e}). "
+                f"rank {t.rank} of {t.world_size}: {what} failed during {self.where} ({e}). "
                 "Another rank has probably died or been killed (its own log says why) or stopped "
                 "answering; finished entries and the latest checkpoint are intact: rerun the same "
                 "command to resume"
@@ -132,13 +133,18 @@ class Comm:
         return tensor
 
     def all_to_all(self, parts: list[torch.Tensor], shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
-        """Send ``parts[r]`` to rank ``r``; returns what each rank sent here (of ``shapes[r]``)."""
+        """Send ``parts[r]`` to rank ``r``; returns what each rank sent here (of ``shapes[r]``).
+
+        One ``all_to_all_single`` of the flattened parts, so that the parts may differ in size
+        (gloo's list form needs equal sizes)."""
         me = self.topology.rank
         self.bytes_sent += sum(p.numel() * p.element_size() for r, p in enumerate(parts) if r != me)
         like = parts[me]
-        out = [torch.empty(s, dtype=like.dtype, device=like.device) for s in shapes]
-        self._run("all_to_all", dist.all_to_all, out, [p.contiguous() for p in parts])
-        return out
+        sizes = [math.prod(s) for s in shapes]
+        out = torch.empty(sum(sizes), dtype=like.dtype, device=like.device)
+        send = torch.cat([p.reshape(-1) for p in parts])
+        self._run("all_to_all", dist.all_to_all_single, out, send, sizes, [p.numel() for p in parts])
+        return [o.view(s) for o, s in zip(out.split(sizes), shapes, strict=True)]
 
     def all_gather_object(self, obj: Any) -> list[Any]:
         """Every rank's ``obj`` (small, picklable), in rank order."""

@@ -3,6 +3,7 @@ checks made before a run and while it runs, saving."""
 
 from gemma_scope_ext.training.config import GemmaScopeTrainingSAEConfig
 from gemma_scope_ext.training.decoder_grad import remove_parallel_grad
+from gemma_scope_ext.training.distributed import RankLostError
 from gemma_scope_ext.training.divergence import TrainingDivergedError
 from gemma_scope_ext.training.paired_store import (
     PairedBatch,
@@ -32,6 +33,7 @@ __all__ = [
     "GemmaScopeTrainingTranscoder",
     "GemmaScopeTrainingTranscoderConfig",
     "PairedBatch",
+    "RankLostError",
     "SuiteConfig",
     "SuiteEntry",
     "SuiteTrainingRunner",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -170,9 +171,19 @@ def test_a_killed_rank_stops_the_job_and_it_resumes(one_process, tiny_model, tmp
         for key in ("n_forward_passes_since_fired", "act_freq_scores"):
             torch.testing.assert_close(sa[key], sb[key], rtol=0, atol=0)
         assert sa["n_training_samples"] == sb["n_training_samples"] == 8 * BATCH
+    shutil.copytree(out, tmp_path / "elastic")
+    shutil.copytree(out, tmp_path / "cut-copy")
     again = run_ranks(tmp_path, cfg)  # the same command resumes from step 8
     assert [r.returncode for r in again] == [0, 0], again[0].stderr[-3000:]
     assert_same_weights(out, one_process)
+    # The checkpoint of two ranks resumes in one process with the same data streams, too.
+    elastic = config(tmp_path, "elastic", checkpoint_every_steps=4)
+    SuiteTrainingRunner(elastic, model=tiny_model, progress=False).run()
+    assert_same_weights(tmp_path / "elastic", one_process)
+    # Control: resuming with another number of data streams is refused, by name.
+    with pytest.raises(ValueError, match="written with 2 data streams, this run has 1"):
+        SuiteTrainingRunner(config(tmp_path, "cut-copy", data_streams=1), model=tiny_model,
+                            progress=False).run()
 
 
 def test_ranks_given_different_suites_refuse_to_start(tmp_path) -> None:

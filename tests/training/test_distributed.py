@@ -116,21 +116,38 @@ def test_data_parallel_on_two_ranks_equals_one_process(one_process, tiny_model, 
     assert sent[0] == sent[1] > 0
 
 
-def test_distributed_entries_under_torchrun_equal_one_process(one_process, tmp_path) -> None:
-    """``torchrun ... -m gemma_scope_cli train SUITE.yaml``, as the README launches it."""
-    cfg = config(tmp_path, "entries", distributed="entries")
-    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node", "2", "-m", "gemma_scope_cli", "train",
-                           str(tmp_path / "suite.yaml"), "--quiet"], cwd=ROOT, text=True,
+def torchrun(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", *argv], cwd=ROOT, text=True,
                           capture_output=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+
+
+def test_distributed_entries_under_torchrun_resume_to_one_process(one_process, tmp_path) -> None:
+    """Killed under torchrun, then ``torchrun ... -m gemma_scope_cli train SUITE.yaml`` (as the
+    README launches it) resumes and ends where one process ends."""
+    cfg = config(tmp_path, "entries", distributed="entries", checkpoint_every_steps=4)
+    for r in range(2):
+        (tmp_path / f"cfg-{r}.json").write_text(json.dumps(cfg.to_dict()))
+    (tmp_path / "child.py").write_text(CHILD)
+    # Rank 1 dies fetching step 10's batch; torchrun takes rank 0 down with it.
+    cut = torchrun(tmp_path, str(tmp_path / "child.py"), str(tmp_path / "cfg-{rank}.json"), "1", "10")
+    assert cut.returncode != 0
+    out = Path(cfg.output_path)
+    latest = json.loads((out / "checkpoints" / "latest.json").read_text())
+    assert latest["step"] == 8 and len(latest["entries"]) == 2
+    step8 = out / "checkpoints" / "step-8"
+    assert all((step8 / name / "weights.pt").is_file() for name in latest["entries"])  # both owners wrote
+    assert sorted(p.name for p in step8.glob("stream-*.pt")) == ["stream-0.pt", "stream-1.pt"]
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    done = torchrun(tmp_path, "-m", "gemma_scope_cli", "train", str(tmp_path / "suite.yaml"), "--quiet")
     assert done.returncode == 0, done.stderr[-4000:]
     assert done.stdout.count("3 entries in") == 1  # rank 0 speaks for the job
-    assert_same_weights(tmp_path / "entries", one_process, atol=1e-6)
-    assert_same_metrics(tmp_path / "entries", one_process)
-    records = (tmp_path / "entries" / "metrics.jsonl").read_text().splitlines()
-    assert sorted(json.loads(r)["entry"] for r in records) == sorted(e.name for e in entries())
+    assert_same_weights(out, one_process, atol=1e-6)
+    assert_same_metrics(out, one_process)
+    assert not (out / "checkpoints").exists()
+    records = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(r["entry"] for r in records) == sorted(e.name for e in entries()[1:])  # resumed two
 
 
 def test_a_killed_rank_stops_the_job_and_it_resumes(one_process, tiny_model, tmp_path) -> None:

@@ -99,14 +99,17 @@ def start(data_streams: int | None, device: str, timeout_s: float) -> tuple[Topo
             torch.cuda.set_device(local)
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     topo = Topology(dist.get_rank(), world, local, streams)
-    return topo, Comm(topo)
+    nccl = dist.get_backend() == "nccl"
+    return topo, Comm(topo, torch.device(f"cuda:{local}") if nccl else torch.device("cpu"))
 
 
 class Comm:
     """The collectives of a suite, with a count of bytes sent and clear errors."""
 
-    def __init__(self, topology: Topology) -> None:
+    def __init__(self, topology: Topology, device: torch.device | None = None) -> None:
         self.topology = topology
+        self.device = device or torch.device("cpu")
+        """Where the backend wants tensors (nccl: this rank's GPU); others are moved there."""
         self.bytes_sent = 0
         """Payload bytes this rank has sent (ring all-reduce: 2(W-1)/W of the tensor)."""
         self.where = "start-up"
@@ -124,12 +127,14 @@ class Comm:
                 "command to resume"
             ) from e
 
-    def all_reduce_(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
-        """Sum (or ``op="max"``) ``tensor`` over ranks, in place."""
+    def all_reduce_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum ``tensor`` over ranks, in place."""
         w = self.topology.world_size
         self.bytes_sent += 2 * (w - 1) * tensor.numel() * tensor.element_size() // w
-        red = dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX
-        self._run("all_reduce", dist.all_reduce, tensor, op=red)
+        here = tensor.to(self.device)
+        self._run("all_reduce", dist.all_reduce, here)
+        if here is not tensor:
+            tensor.copy_(here)
         return tensor
 
     def all_to_all(self, parts: list[torch.Tensor], shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
@@ -139,10 +144,9 @@ class Comm:
         (gloo's list form needs equal sizes)."""
         me = self.topology.rank
         self.bytes_sent += sum(p.numel() * p.element_size() for r, p in enumerate(parts) if r != me)
-        like = parts[me]
         sizes = [math.prod(s) for s in shapes]
-        out = torch.empty(sum(sizes), dtype=like.dtype, device=like.device)
-        send = torch.cat([p.reshape(-1) for p in parts])
+        out = torch.empty(sum(sizes), dtype=parts[me].dtype, device=self.device)
+        send = torch.cat([p.reshape(-1) for p in parts]).to(self.device)
         self._run("all_to_all", dist.all_to_all_single, out, send, sizes, [p.numel() for p in parts])
         return [o.view(s) for o, s in zip(out.split(sizes), shapes, strict=True)]
 

@@ -20,27 +20,37 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 def list_saes(args: argparse.Namespace) -> int:
     """Without filters, the releases; with any filter, the matching SAEs."""
+    generation = getattr(args, "generation", None)
+    skip = {None: None, "yes": True, "no": False}[getattr(args, "skip", None)]
     filters = dict(model=args.model, site=args.site, layer=args.layer, width=args.width, l0=args.l0)
-    if all(v is None for v in filters.values()) and not args.canonical:
+    if all(v is None for v in filters.values()) and not args.canonical and skip is None:
         rows = [
-            [r.name, r.model, ",".join(r.sites), str(r.n_saes), r.repo_id] for r in list_releases()
+            [r.name, str(r.generation), r.model, ",".join(r.sites), str(r.n_saes), r.repo_id]
+            for r in list_releases()
+            if generation in (None, r.generation)
         ]
-        print(_table(["release", "model", "sites", "ids", "repo"], rows))
+        print(_table(["release", "gen", "model", "sites", "ids", "repo"], rows))
         return 0
-    hits = [e for e in find_saes(**filters) if e.canonical or not args.canonical]
+    hits = [
+        e
+        for e in find_saes(**filters, generation=generation, skip=skip)
+        if e.canonical or not args.canonical
+    ]
     rows = [
         [e.release, e.sae_id, e.site, "-" if e.layer is None else str(e.layer), e.width_label,
-         str(e.l0), "*" if e.canonical else "", e.neuronpedia_id or ""]
+         str(e.l0) + (f" ({e.l0_label})" if e.l0_label else ""), "yes" if e.skip else "",
+         "*" if e.canonical else "", e.neuronpedia_id or ""]
         for e in hits
     ]  # fmt: skip
     if not rows:
         filters.pop("l0")
-        reason = why_empty(**filters) or "none of them is canonical"
+        reason = why_empty(**filters, generation=generation) or (
+            "none of them is canonical" if args.canonical else "none has that skip connection"
+        )
         print(f"no Gemma Scope SAE matches: {reason}; run `gemma-scope list` to see the releases")
         return 1
-    print(
-        _table(["release", "sae_id", "site", "layer", "width", "L0", "canon", "neuronpedia"], rows)
-    )
+    header = ["release", "sae_id", "site", "layer", "width", "L0", "skip", "canon", "neuronpedia"]
+    print(_table(header, rows))
     return 0
 
 

@@ -11,7 +11,12 @@ import sae_lens
 import yaml
 
 import gemma_scope_cli
-from gemma_scope_ext.pretrained.catalog import all_entries, expected_shapes, get_entry, list_releases
+from gemma_scope_ext.pretrained.catalog import (
+    all_entries,
+    expected_shapes,
+    get_entry,
+    list_releases,
+)
 from gemma_scope_ext.pretrained.gemma3_shapes import gemma3_spec
 from gemma_scope_ext.pretrained.query import find_saes, why_empty
 from gemma_scope_ext.pretrained.scope2 import parse_scope2_path

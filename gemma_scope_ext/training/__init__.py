@@ -17,6 +17,11 @@ from gemma_scope_ext.training.runner_config import (
 )
 from gemma_scope_ext.training.sae import GemmaScopeTrainingSAE
 from gemma_scope_ext.training.saving import save_sae_files
+from gemma_scope_ext.training.skip_transcoder import (
+    GemmaScopeTrainingSkipTranscoder,
+    GemmaScopeTrainingSkipTranscoderConfig,
+)
+from gemma_scope_ext.training.sparsity import sparsity_penalty
 from gemma_scope_ext.training.suite_config import SuiteConfig, SuiteEntry, suite_entries
 from gemma_scope_ext.training.suite_runner import SuiteTrainingRunner, entry_trainer
 from gemma_scope_ext.training.transcoder import (
@@ -29,6 +34,8 @@ from gemma_scope_ext.training.transcoder_runner import TranscoderTrainingRunner
 __all__ = [
     "GemmaScopeTrainingSAE",
     "GemmaScopeTrainingSAEConfig",
+    "GemmaScopeTrainingSkipTranscoder",
+    "GemmaScopeTrainingSkipTranscoderConfig",
     "GemmaScopeTrainingTranscoder",
     "GemmaScopeTrainingTranscoderConfig",
     "PairedBatch",
@@ -47,5 +54,6 @@ __all__ = [
     "gemma_scope_transcoder_config",
     "remove_parallel_grad",
     "save_sae_files",
+    "sparsity_penalty",
     "split_pairs",
 ]

@@ -114,3 +114,43 @@ def test_the_dense_step_always_runs():
     tc = _make(sparse_training="auto")
     x, y = _data(16, 0)
     assert not tc._sparse_step_applies(x, y)
+
+
+def test_sae_lens_runner_trains_a_skip_transcoder_on_the_tiny_model(one_thread, tiny_model,
+                                                                   tmp_path):  # fmt: skip
+    import datasets
+    from sae_lens import HookedSAETransformer
+
+    from gemma_scope_ext.models.text import sample_texts, sample_tokens
+    from gemma_scope_ext.training import TranscoderTrainingRunner, gemma_scope_transcoder_config
+
+    torch.manual_seed(4)
+    cfg = gemma_scope_transcoder_config(
+        "tiny-gemma2", 1, 128, skip=True, context_size=32, training_tokens=150 * 128,
+        train_batch_size_tokens=128, store_batch_size_prompts=32, n_batches_in_buffer=16,
+        l0_coefficient=2e-3, l0_warm_up_steps=50, lr=2e-3, lr_warm_up_steps=10,
+        output_path=str(tmp_path),
+    )  # fmt: skip
+    assert type(cfg.sae) is GemmaScopeTrainingSkipTranscoderConfig
+    dataset = datasets.Dataset.from_dict({"text": sample_texts("train", 400)})
+    runner = TranscoderTrainingRunner(cfg, override_model=tiny_model, override_dataset=dataset)
+    assert type(runner.sae) is GemmaScopeTrainingSkipTranscoder
+    pair = runner.activations_store.next_pair()
+    trained = runner.run()
+    assert trained.W_skip.abs().max() > 1e-3  # the skip path was trained (it starts at zero)
+    loaded = SAE.load_from_disk(tmp_path)
+    assert type(loaded) is JumpReLUSkipTranscoder
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pair.x), trained(pair.x), rtol=1e-5, atol=1e-5)
+        fvu = ((trained(pair.x) - pair.y).pow(2).sum() / (pair.y - pair.y.mean(0)).pow(2).sum())
+        assert fvu < 0.5
+        # Spliced with SAELens's HookedSAETransformer, the error term restores the clean logits.
+        hst = HookedSAETransformer(tiny_model.cfg, tokenizer=tiny_model.tokenizer)
+        hst.load_state_dict(tiny_model.state_dict())
+        tokens = sample_tokens(tiny_model.tokenizer, 4, 32, "eval")
+        clean = tiny_model(tokens)
+        hst.add_sae(loaded, use_error_term=True)
+        torch.testing.assert_close(hst(tokens), clean, rtol=1e-4, atol=1e-4)
+        hst.reset_saes()
+        hst.add_sae(loaded, use_error_term=False)
+        assert (hst(tokens) - clean).abs().max() > 1e-3

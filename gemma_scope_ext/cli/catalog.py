@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from gemma_scope_ext.pretrained.catalog import get_entry, list_releases
 from gemma_scope_ext.pretrained.query import find_saes, why_empty
@@ -73,7 +74,8 @@ def info(args: argparse.Namespace) -> int:
         "site": e.site,
         "layer": "-" if e.layer is None else e.layer,
         "width": f"{e.width} ({e.width_label})",
-        "average L0": e.l0,
+        "average L0": e.l0 if e.l0_label is None else f"{e.l0} ({e.l0_label})",
+        "skip": "x W_skip^T beside the latents" if e.skip else "-",
         "canonical": e.canonical,
         "hook": e.hook_name,
         "hook out": e.hook_name_out,
@@ -99,14 +101,15 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 
 def download(args: argparse.Namespace) -> int:
-    """Download params.npz into the Hugging Face cache, check it, and convert it for fast loads."""
+    """Download the weights file into the Hugging Face cache, check it, and (for a compressed
+    params.npz) convert it for fast loads."""
     from gemma_scope_ext.pretrained.hub import download_params
     from gemma_scope_ext.pretrained.loader import load_params
 
     e = get_entry(args.release, args.sae_id)
     load_params(e, revision=args.revision, force_download=args.force, verify=args.verify)
     npz = download_params(e, revision=args.revision)
-    print(f"params.npz:  {npz}\nconverted:   {_converted(e, npz)}")
+    print(f"{Path(e.filename).name + ':':<12} {npz}\nconverted:   {_converted(e, npz)}")
     return 0
 
 
@@ -115,6 +118,8 @@ def _converted(e, npz) -> str:
     from gemma_scope_ext.pretrained.cache import cache_path
     from gemma_scope_ext.pretrained.npz import IntegrityError, all_stored
 
+    if e.generation == 2:
+        return "not needed (safetensors: read in place)"
     try:
         if all_stored(npz):
             return "not needed (uncompressed: memory-mapped in place)"

@@ -222,3 +222,21 @@ def test_importing_the_package_routes_gemma_3():
 
     assert gemma_scope_ext  # imported above: the route is registered
     assert NAMED_PRETRAINED_SAE_LOADERS["gemma_3"] is not original_loader("gemma_3")
+
+
+def test_cli_download_then_info(hub, monkeypatch, capsys):
+    import gemma_scope_cli
+
+    release, sae_id = CASES["skip"]
+    entry = fabricate(monkeypatch, release, sae_id)
+    link = write_safetensors(hub, entry.repo_id, entry.path, file_tensors(entry))
+    assert gemma_scope_cli.main(["download", release, sae_id, "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert f"params.safetensors: {link}" in out and "not needed (safetensors" in out
+    assert gemma_scope_cli.main(["info", release, sae_id]) == 0
+    out = capsys.readouterr().out
+    assert "hook:        blocks.9.mlp.hook_in" in out and "hook out:    blocks.9.hook_mlp_out" in out
+    assert "average L0:  20 (small)" in out and "W_skip (640, 640)" in out
+    assert f"downloaded:  {link}" in out
+    assert (f"file:        https://huggingface.co/google/gemma-scope-2-270m-it/blob/main/"
+            f"{entry.path}/params.safetensors") in out  # fmt: skip

@@ -121,7 +121,8 @@ def load_params(
     """``entry``'s weights as released (float32, CPU).
 
     An uncompressed npz is memory-mapped in place; a compressed one is read through the checked
-    safetensors cache. ``verify`` first checks the file's sha256 against its Hugging Face blob name
+    safetensors cache; a Gemma Scope 2 ``params.safetensors`` is read directly, names, dtypes and
+    shapes checked, a skip connection as ``W_skip`` [d_out, d_in]. ``verify`` first checks the file's sha256 against its Hugging Face blob name
     (reads the whole file once).
     """
     npz_path = download_params(entry, revision=revision, force_download=force_download)
@@ -239,6 +240,7 @@ def from_pretrained(
     ``verify=True`` checks the file's sha256 against the name Hugging Face stored it under.
 
     >>> sae = from_pretrained("gemma-scope-2b-pt-res-canonical", "layer_20/width_16k/canonical")
+    >>> tc = from_pretrained("gemma-scope-2-1b-pt-transcoders", "transcoder/layer_13_width_16k_l0_medium_affine")
     """
     entry = get_entry(release, sae_id)
     params = load_params(entry, revision=revision, force_download=force_download, verify=verify)

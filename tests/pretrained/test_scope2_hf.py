@@ -204,3 +204,22 @@ def test_sae_lens_gemma_3_hooks_are_wrong_on_gemma3(models, hub, monkeypatch):
                 tl(tokens)
         finally:
             tl.reset_saes()
+
+
+def test_evaluate_on_gemma3_equals_hugging_face_cross_entropy(models, hub, monkeypatch):
+    """gs.evaluate's delta loss for a Gemma Scope 2 skip transcoder, from HF's spliced logits."""
+    from gemma_scope_ext.evals.metrics import evaluate
+
+    hf, tl, tokens = models
+    t, ours, _ = load_both(hub, monkeypatch, "skip")
+
+    def ce(logits):
+        logp = logits[:, :-1].log_softmax(-1)
+        return -logp.gather(-1, tokens[:, 1:, None]).mean().item()
+
+    with torch.no_grad():
+        delta = ce(hf_spliced_logits(hf, tokens, "skip", t)) - ce(hf(tokens).logits)
+    assert abs(delta) > 1e-3
+    # No token of the prompt is special (ids 3..511), so every position counts.
+    res = evaluate(tl, ours, tokens, progress=False, special_token_ids=[0, 1, 2])
+    assert res.delta_loss == pytest.approx(delta, abs=1e-4)

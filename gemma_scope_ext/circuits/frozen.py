@@ -38,8 +38,14 @@ __all__ = ["FrozenRun", "SiteRun", "check_affine", "decoder_rows", "encoder_rows
 _SAME_HOOK = re.compile(
     r"hook_embed|blocks\.\d+\.(hook_resid_pre|hook_resid_mid|hook_resid_post|attn\.hook_z|"
     r"hook_attn_out|hook_mlp_out)")
-_TRANSCODER_IN = re.compile(r"blocks\.(\d+)\.(ln2\.hook_normalized|hook_resid_mid)")
-_MLP_INPUT = re.compile(r"blocks\.\d+\.ln2\.hook_normalized")
+_TRANSCODER_IN = re.compile(r"blocks\.(\d+)\.(ln2\.hook_normalized|hook_resid_mid|mlp\.hook_in)")
+
+
+def _mlp_inputs(model: Any) -> set[str]:
+    """Where each MLP's input is detached: ``mlp.hook_in`` (after the RMSNorm gain) where the model
+    has it, else ``ln2.hook_normalized``; transcoders reading either stay live up to there."""
+    return {f"blocks.{i}.mlp.hook_in" if f"blocks.{i}.mlp.hook_in" in model.hook_dict
+            else f"blocks.{i}.ln2.hook_normalized" for i in range(model.cfg.n_layers)}
 _ATTN = re.compile(r"blocks\.(\d+)\.attn\.hook_(v|pattern|z)")
 
 
@@ -122,7 +128,7 @@ def _check_sae(model: Any, sae: Any) -> SiteInfo:
         raise ValueError(
             f"feature_graph supports SAEs at hook_embed and blocks.L.hook_resid_pre/mid/post, "
             f"attn.hook_z, hook_attn_out, hook_mlp_out, and transcoders from blocks.L.ln2."
-            f"hook_normalized (or hook_resid_mid) to blocks.L.hook_mlp_out; got {name} reading "
+            f"hook_normalized (or hook_resid_mid, mlp.hook_in) to blocks.L.hook_mlp_out; got {name} reading "
             f"{hook_in!r} and writing {hook_out!r}")
     site, layer = site_of(hook_in)
     return SiteInfo(site, layer, hook_in, hook_out, int(sae.cfg.d_sae))
@@ -182,6 +188,7 @@ def frozen_forward(model: Any, saes: Sequence[Any], tokens: Int[Tensor, "1 pos"]
     leaves: dict[str, Tensor] = {}
     captured: dict[str, Tensor] = {}
     attention: dict[tuple[str, str], Tensor] = {}
+    mlp_inputs = _mlp_inputs(model)
 
     def hook(x: Tensor, hook: Any) -> Tensor:
         name = hook.name
@@ -209,14 +216,14 @@ def frozen_forward(model: Any, saes: Sequence[Any], tokens: Int[Tensor, "1 pos"]
                 skip = skip_term(saes[i], inputs[i])
                 out = out + (skip - skip.detach()) if isinstance(skip, Tensor) else out
             return out.view(x.shape)
-        if name.endswith("hook_pattern") or name.endswith("hook_scale") or _MLP_INPUT.fullmatch(name):
+        if name.endswith("hook_pattern") or name.endswith("hook_scale") or name in mlp_inputs:
             return x.detach()
         captured[name] = x
         return x
 
     names = set(readers) | set(writers) | set(frozen) | {"unembed.hook_in", "unembed.hook_out"}
     names |= {n for n in model.hook_dict if n.endswith("hook_pattern") or n.endswith("hook_scale")
-              or _MLP_INPUT.fullmatch(n) or _ATTN.fullmatch(n)}
+              or n in mlp_inputs or _ATTN.fullmatch(n)}
     with _flat_inputs(saes):
         with _frozen_parameters(model), torch.enable_grad(), \
                 model.hooks(fwd_hooks=[(n, hook) for n in sorted(names)]):

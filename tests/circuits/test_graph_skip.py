@@ -81,3 +81,47 @@ def test_the_skip_path_carries_edges_the_plain_transcoder_lacks(tiny_model, eval
     emb = [i for i, n in enumerate(graph.nodes) if n.kind == "embedding"]
     assert graph.nodes[t] == without.nodes[t]
     assert (graph.adjacency[t, emb] - without.adjacency[t, emb]).abs().max() > 1e-3
+
+
+def test_gemma_scope_2_skip_transcoder_on_gemma3_edges_equal_brute_force(one_thread):
+    """On the tiny Gemma 3: a skip transcoder reading ``mlp.hook_in`` (after the RMSNorm gain) and a
+    residual SAE downstream; the MLP input is detached at ``mlp.hook_in``, the transcoder's input
+    stays live up to it. Until the models layer has Gemma 3's site table, the transcoder's nodes
+    carry the hook name as their site."""
+    from tests.helpers.tiny_gemma3 import tiny_gemma3
+
+    _, model, tokens = tiny_gemma3()
+    tokens, pos = tokens[:1], 10
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens)
+    tc = _with_skip(random_jumprelu(cache, "blocks.1.mlp.hook_in", hook_out="blocks.1.hook_mlp_out",
+                                    d_sae=24, seed=21), 9)  # fmt: skip
+    res = random_jumprelu(cache, "blocks.2.hook_resid_post", d_sae=24, seed=22)
+    graph = feature_graph(model, [tc, res], tokens, targets=[LogitTarget(TOKEN, pos)],
+                          softcap="pre", progress=False, batch_size=32)  # fmt: skip
+    brute = BruteForce(model, [tc, res], tokens)
+    outs = {("blocks.1.mlp.hook_in", 1): "blocks.1.hook_mlp_out", ("res", 2): "blocks.2.hook_resid_post",
+            ("mlp", 0): "blocks.0.hook_mlp_out", ("mlp", 2): "blocks.2.hook_mlp_out"}  # fmt: skip
+
+    def zeroed(node):
+        values = {k: v.clone() for k, v in brute.values.items()}
+        if node.kind == "embedding":
+            values["hook_embed"][node.position] = 0.0
+        else:
+            out = outs[(node.site, node.layer)]
+            name = out + "#f" if node.kind == "feature" else out if out in values else out + "#e"
+            idx = (node.position, node.feature) if node.kind == "feature" else (node.position,)
+            values[name][idx] = 0.0
+        return brute.run(values)[0]["blocks.2.hook_resid_post"]
+
+    clean = brute.run(brute.values)[0]["blocks.2.hook_resid_post"]
+    t = next(i for i, n in enumerate(graph.nodes)
+             if n.kind == "feature" and n.site == "res" and n.position == pos)  # fmt: skip
+    feature = graph.nodes[t].feature
+    sources = torch.nonzero(graph.adjacency[t]).flatten().tolist()
+    kinds = {graph.nodes[s].site for s in sources}
+    assert "blocks.1.mlp.hook_in" in kinds and "embedding" in kinds
+    largest = float(graph.adjacency[t].abs().max())
+    for s in sources:  # every one: features of the skip transcoder, its errors, the embeddings
+        effect = float(clean[pos, feature] - zeroed(graph.nodes[s])[pos, feature])
+        assert float(graph.adjacency[t, s]) == pytest.approx(effect, abs=1e-5 * max(1.0, largest))

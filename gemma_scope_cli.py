@@ -40,8 +40,12 @@ def _add_demo(sub) -> None:
 
 def _add_list(sub) -> None:
     p = sub.add_parser("list", help="list Gemma Scope releases, or the SAEs matching filters")
-    p.add_argument("--model", help="e.g. gemma-2-2b, gemma-2-9b-it")
+    p.add_argument("--model", help="e.g. gemma-2-2b, gemma-2-9b-it, gemma-3-1b-pt")
     p.add_argument("--site", help="res, mlp, att, embedding or transcoder")
+    p.add_argument("--generation", type=int, choices=(1, 2),
+                   help="1: Gemma Scope (Gemma 2); 2: Gemma Scope 2 (Gemma 3); default both")
+    p.add_argument("--skip", choices=("yes", "no"),
+                   help="Gemma Scope 2 transcoders with (yes) or without (no) a skip connection")
     p.add_argument("--layer", type=int, help="block index, e.g. 20")
     p.add_argument("--width", help="number of latents or a label such as 16k, 1m")
     p.add_argument("--l0", type=float, help="keep the SAE with the nearest average L0 per site")

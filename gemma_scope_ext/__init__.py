@@ -77,6 +77,8 @@ from gemma_scope_ext.pretrained import (
 from gemma_scope_ext.saes import (
     GemmaScopeSAE,
     GemmaScopeSAEConfig,
+    GemmaScopeSkipTranscoder,
+    GemmaScopeSkipTranscoderConfig,
     GemmaScopeTranscoder,
     GemmaScopeTranscoderConfig,
     tiny_sae,
@@ -84,6 +86,8 @@ from gemma_scope_ext.saes import (
 from gemma_scope_ext.training import (
     GemmaScopeTrainingSAE,
     GemmaScopeTrainingSAEConfig,
+    GemmaScopeTrainingSkipTranscoder,
+    GemmaScopeTrainingSkipTranscoderConfig,
     GemmaScopeTrainingTranscoder,
     GemmaScopeTrainingTranscoderConfig,
     SuiteConfig,
@@ -117,6 +121,10 @@ __all__ = [
     "steer",
     "GemmaScopeTranscoder",
     "GemmaScopeTranscoderConfig",
+    "GemmaScopeSkipTranscoder",
+    "GemmaScopeSkipTranscoderConfig",
+    "GemmaScopeTrainingSkipTranscoder",
+    "GemmaScopeTrainingSkipTranscoderConfig",
     "GemmaScopeTrainingTranscoder",
     "GemmaScopeTrainingTranscoderConfig",
     "TranscoderTrainingRunner",

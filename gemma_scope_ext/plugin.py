@@ -10,9 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from gemma_scope_ext.pretrained.sae_lens_route import register_sae_lens_route
-from gemma_scope_ext.saes import sae, transcoder
+from gemma_scope_ext.saes import sae, skip_transcoder, transcoder
 from gemma_scope_ext.training.config import GemmaScopeTrainingSAEConfig
 from gemma_scope_ext.training.sae import GemmaScopeTrainingSAE
+from gemma_scope_ext.training.skip_transcoder import (
+    GemmaScopeTrainingSkipTranscoder,
+    GemmaScopeTrainingSkipTranscoderConfig,
+)
 from gemma_scope_ext.training.transcoder import (
     GemmaScopeTrainingTranscoder,
     GemmaScopeTrainingTranscoderConfig,
@@ -25,6 +29,9 @@ ARCHITECTURES = (
      (GemmaScopeTrainingSAE, GemmaScopeTrainingSAEConfig)),
     (transcoder.ARCHITECTURE, (transcoder.GemmaScopeTranscoder, transcoder.GemmaScopeTranscoderConfig),
      (GemmaScopeTrainingTranscoder, GemmaScopeTrainingTranscoderConfig)),
+    (skip_transcoder.ARCHITECTURE,
+     (skip_transcoder.GemmaScopeSkipTranscoder, skip_transcoder.GemmaScopeSkipTranscoderConfig),
+     (GemmaScopeTrainingSkipTranscoder, GemmaScopeTrainingSkipTranscoderConfig)),
 )  # fmt: skip
 """(SAELens architecture name, (inference class, config), (training class, config)) per class."""
 
@@ -46,7 +53,8 @@ def _register(architecture: str, cls: Any, cfg_cls: Any, training: bool) -> None
 
 
 def register_with_sae_lens() -> None:
-    """Register the Gemma Scope JumpReLU SAE and transcoder (inference and training) with SAELens."""
+    """Register the Gemma Scope JumpReLU SAE, transcoder and skip transcoder (inference and
+    training) with SAELens, and route its Gemma Scope releases through this package's loader."""
     for architecture, inference, training in ARCHITECTURES:
         _register(architecture, *inference, training=False)
         _register(architecture, *training, training=True)

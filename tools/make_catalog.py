@@ -1,7 +1,7 @@
-"""Build ``gemma_scope_ext/pretrained/data/catalog.json`` from SAELens's bundled ``pretrained_saes.yaml``.
+"""Build ``gemma_scope_ext/pretrained/data/catalog{,2}.json`` from SAELens's bundled ``pretrained_saes.yaml``.
 
-SAELens's yaml is the only offline list of released Gemma Scope ids. This keeps the Gemma Scope 1
-(Gemma 2) releases and, for each id, records what the path says (layer, width, average L0), the site
+SAELens's yaml is the only offline list of released Gemma Scope ids. ``catalog.json`` keeps the Gemma
+Scope 1 (Gemma 2) releases and, for each id, records what the path says (layer, width, average L0), the site
 (from the repo name), the model, the Neuronpedia id and whether it is its site's canonical SAE.
 
 Decisions recorded here rather than copied from the yaml:
@@ -13,6 +13,12 @@ Decisions recorded here rather than copied from the yaml:
   * Canonical: L0 closest to 100 at each (site, layer, width); on a tie, SAELens's alias decides
     (it breaks the two ties in 9b-pt-att differently from each other).
   * An SAE without its own Neuronpedia id takes the id of the canonical alias that points at it.
+
+``catalog2.json`` keeps every Gemma Scope 2 (Gemma 3) release and, for each id, what its folder
+says (site, layer, width, L0 label, affine skip connection), the average L0 the yaml records, the
+model and the Neuronpedia id the yaml gives (it gives one for 222 ids; none is derived by pattern,
+since Neuronpedia hosts one L0 variant per site and the yaml is the only record of which).
+The yaml's model for each release is checked against the one its repo name implies.
 
 Run ``make catalog`` (under a second); the output is committed.
 """
@@ -34,11 +40,16 @@ import yaml
 
 from gemma_scope_ext.models.gemma2 import GEMMA2_MODELS
 from gemma_scope_ext.pretrained.catalog import CANONICAL_L0, WIDTHS, parse_sae_path
+from gemma_scope_ext.pretrained.gemma3_shapes import GEMMA3_MODELS
+from gemma_scope_ext.pretrained.scope2 import parse_scope2_path
 
 OUT = Path(__file__).resolve().parents[1] / "gemma_scope_ext" / "pretrained" / "data" / "catalog.json"
 RELEASE = re.compile(r"^gemma-scope-(2b|9b|27b)-(pt|it)-(res|mlp|att|transcoders)(-canonical)?$")
 SITE_OF_REPO = {"res": "res", "mlp": "mlp", "att": "att", "transcoders": "transcoder"}
 COLUMNS = ["sae_id", "path", "site", "layer", "width", "l0", "neuronpedia_id", "canonical"]
+OUT2 = OUT.with_name("catalog2.json")
+RELEASE2 = re.compile(r"^gemma-scope-2-(270m|1b|4b|12b|27b)-(pt|it)-(res|mlp|att|transcoders)(-all)?$")
+COLUMNS2 = [*COLUMNS, "l0_label", "skip"]
 
 
 def _model(size: str, variant: str) -> str:
@@ -125,7 +136,53 @@ def build(yaml_path: Path) -> dict:
     return releases
 
 
-def dump(releases: dict, source: str) -> str:
+def _model3(size: str, variant: str) -> str:
+    # Hugging Face names the base 270m model without the -pt suffix the other sizes carry.
+    name = f"gemma-3-{size}-{variant}".replace("270m-pt", "270m")
+    if name not in GEMMA3_MODELS:
+        raise ValueError(f"release for unknown model {name!r}; expected one of {GEMMA3_MODELS}")
+    return name
+
+
+def build2(yaml_path: Path) -> dict:
+    """The Gemma Scope 2 releases, one row per id, every field checked against the folder name."""
+    with open(yaml_path) as f:
+        data = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    releases = {}
+    for name, raw in sorted(data.items()):
+        if not name.startswith("gemma-scope-2-"):
+            continue
+        m = RELEASE2.match(name)
+        if m is None:
+            raise ValueError(f"unexpected Gemma Scope 2 release name {name!r}")
+        size, variant, repo_site, every = m.groups()
+        model = _model3(size, variant)
+        if raw["repo_id"] != f"google/gemma-scope-2-{size}-{variant}":
+            raise ValueError(f"{name}: repo_id {raw['repo_id']!r}, expected google/gemma-scope-2-{size}-{variant}")
+        if raw["model"] != f"google/{model}":
+            raise ValueError(f"{name}: model {raw['model']!r}, expected google/{model}")
+        rows = []
+        for s in raw["saes"]:
+            p = parse_scope2_path(s["path"])
+            if p.site != SITE_OF_REPO[repo_site] or p.all_layers != bool(every):
+                raise ValueError(f"{name}: folder {s['path']!r} does not belong to this release")
+            if s["id"] not in (s["path"], s["path"].partition("/")[2]):
+                raise ValueError(f"{name}: id {s['id']!r} is not its folder {s['path']!r}")
+            rows.append({
+                "sae_id": s["id"], "path": s["path"], "site": p.site, "layer": p.layer,
+                "width": WIDTHS[p.width_label], "l0": int(s["l0"]),
+                "neuronpedia_id": s.get("neuronpedia"), "canonical": False,
+                "l0_label": p.l0_label, "skip": p.skip,
+            })  # fmt: skip
+        releases[name] = {
+            "repo_id": raw["repo_id"], "model": model,
+            "kind": "transcoder" if repo_site == "transcoders" else "sae", "alias_of": None,
+            "rows": rows,
+        }  # fmt: skip
+    return releases
+
+
+def dump(releases: dict, source: str, columns: list[str] = COLUMNS) -> str:
     """JSON with one SAE per line, so regenerating gives a readable diff."""
     out = ["{", f'  "source": {json.dumps(source)},', '  "releases": {']
     for i, (name, rel) in enumerate(releases.items()):
@@ -133,9 +190,9 @@ def dump(releases: dict, source: str) -> str:
         out.append(f"    {json.dumps(name)}: {{")
         for k, v in head.items():
             out.append(f"      {json.dumps(k)}: {json.dumps(v)},")
-        out.append(f'      "columns": {json.dumps(COLUMNS)},')
+        out.append(f'      "columns": {json.dumps(columns)},')
         out.append('      "saes": [')
-        rows = [json.dumps([r[c] for c in COLUMNS]) for r in rel["rows"]]
+        rows = [json.dumps([r[c] for c in columns]) for r in rel["rows"]]
         out.extend(f"        {row}{',' if j < len(rows) - 1 else ''}" for j, row in enumerate(rows))
         out.append("      ]")
         out.append("    }" + ("," if i < len(releases) - 1 else ""))
@@ -143,20 +200,26 @@ def dump(releases: dict, source: str) -> str:
     return "\n".join(out)
 
 
+def _write(out: Path, releases: dict, columns: list[str]) -> None:
+    text = dump(releases, f"sae_lens {sae_lens.__version__} pretrained_saes.yaml", columns)
+    json.loads(text)  # the hand-built layout must stay valid JSON
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".catalog-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; the package data is read by everyone
+    os.replace(tmp, out)
+    n = sum(len(r["rows"]) for r in releases.values())
+    print(f"wrote {out}: {len(releases)} releases, {n} ids", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--out2", type=Path, default=OUT2)
     args = parser.parse_args(argv)
     yaml_path = Path(str(files("sae_lens").joinpath("pretrained_saes.yaml")))
-    releases = build(yaml_path)
-    text = dump(releases, f"sae_lens {sae_lens.__version__} pretrained_saes.yaml")
-    json.loads(text)  # the hand-built layout must stay valid JSON
-    fd, tmp = tempfile.mkstemp(dir=args.out.parent, prefix=".catalog-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, args.out)
-    n = sum(len(r["rows"]) for r in releases.values())
-    print(f"wrote {args.out}: {len(releases)} releases, {n} ids", file=sys.stderr)
+    _write(args.out, build(yaml_path), COLUMNS)
+    _write(args.out2, build2(yaml_path), COLUMNS2)
     return 0
 
 

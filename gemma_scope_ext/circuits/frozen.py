@@ -2,7 +2,8 @@
 
 As circuit-tracer does for Gemma 2 transcoders, every attention pattern and RMSNorm scale is
 detached at its value on the prompt, and each spliced site's output is replaced by a leaf tensor
-holding its clean value (``decode(f) + error``, split into nodes afterwards); so is every MLP output
+holding its clean value (``decode(f) + error``, split into nodes afterwards; a skip transcoder's
+``x W_skip^T`` is not a node but stays a live linear path from its input); so is every MLP output
 that no SAE replaces, and the token embedding. The MLPs' own inputs are detached: each MLP output is
 a leaf, so nothing flows through them. Between the leaves and what is read (SAE inputs, the
 unembedding input) the model is then linear: the residual stream, attention's value path through the
@@ -29,7 +30,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from gemma_scope_ext.circuits.nodes import SOURCE_ONLY_SITES, SiteInfo, stream_rank
-from gemma_scope_ext.circuits.splice import site_of
+from gemma_scope_ext.circuits.splice import site_of, skip_term
 
 __all__ = ["FrozenRun", "SiteRun", "check_affine", "decoder_rows", "encoder_rows",
            "frozen_forward", "pre_activations", "pull_back"]
@@ -37,8 +38,14 @@ __all__ = ["FrozenRun", "SiteRun", "check_affine", "decoder_rows", "encoder_rows
 _SAME_HOOK = re.compile(
     r"hook_embed|blocks\.\d+\.(hook_resid_pre|hook_resid_mid|hook_resid_post|attn\.hook_z|"
     r"hook_attn_out|hook_mlp_out)")
-_TRANSCODER_IN = re.compile(r"blocks\.(\d+)\.(ln2\.hook_normalized|hook_resid_mid)")
-_MLP_INPUT = re.compile(r"blocks\.\d+\.ln2\.hook_normalized")
+_TRANSCODER_IN = re.compile(r"blocks\.(\d+)\.(ln2\.hook_normalized|hook_resid_mid|mlp\.hook_in)")
+
+
+def _mlp_inputs(model: Any) -> set[str]:
+    """Where each MLP's input is detached: ``mlp.hook_in`` (after the RMSNorm gain) where the model
+    has it, else ``ln2.hook_normalized``; transcoders reading either stay live up to there."""
+    return {f"blocks.{i}.mlp.hook_in" if f"blocks.{i}.mlp.hook_in" in model.hook_dict
+            else f"blocks.{i}.ln2.hook_normalized" for i in range(model.cfg.n_layers)}
 _ATTN = re.compile(r"blocks\.(\d+)\.attn\.hook_(v|pattern|z)")
 
 
@@ -104,12 +111,12 @@ def pre_activations(sae: Any, x: Tensor) -> Tensor:
 
 def _check_sae(model: Any, sae: Any) -> SiteInfo:
     name = type(sae).__name__
-    skip = [n for n, _ in sae.named_parameters() if "skip" in n.lower()]
-    if skip or "skip" in name.lower():
+    skip = [n for n, _ in sae.named_parameters() if "skip" in n.lower() and n != "W_skip"]
+    if skip:
         raise ValueError(
-            f"{name} has a skip connection ({', '.join(skip) or name}); feature_graph would fold "
-            "its x W_skip term into the error node and miss the direct path through it. Build the "
-            "graph with transcoders without a skip connection")
+            f"{name} has a skip connection ({', '.join(skip)}) that is not SAELens's W_skip "
+            "[d_out, d_in]; feature_graph reads x W_skip^T only. Rename it W_skip or build the "
+            "graph without it")
     hook_in = sae.cfg.metadata.hook_name
     hook_out = getattr(sae.cfg.metadata, "hook_name_out", None) or hook_in
     for hook in {hook_in, hook_out}:
@@ -121,7 +128,7 @@ def _check_sae(model: Any, sae: Any) -> SiteInfo:
         raise ValueError(
             f"feature_graph supports SAEs at hook_embed and blocks.L.hook_resid_pre/mid/post, "
             f"attn.hook_z, hook_attn_out, hook_mlp_out, and transcoders from blocks.L.ln2."
-            f"hook_normalized (or hook_resid_mid) to blocks.L.hook_mlp_out; got {name} reading "
+            f"hook_normalized (or hook_resid_mid, mlp.hook_in) to blocks.L.hook_mlp_out; got {name} reading "
             f"{hook_in!r} and writing {hook_out!r}")
     site, layer = site_of(hook_in)
     return SiteInfo(site, layer, hook_in, hook_out, int(sae.cfg.d_sae))
@@ -181,6 +188,7 @@ def frozen_forward(model: Any, saes: Sequence[Any], tokens: Int[Tensor, "1 pos"]
     leaves: dict[str, Tensor] = {}
     captured: dict[str, Tensor] = {}
     attention: dict[tuple[str, str], Tensor] = {}
+    mlp_inputs = _mlp_inputs(model)
 
     def hook(x: Tensor, hook: Any) -> Tensor:
         name = hook.name
@@ -201,16 +209,21 @@ def frozen_forward(model: Any, saes: Sequence[Any], tokens: Int[Tensor, "1 pos"]
             keep_graph = infos[i].site not in SOURCE_ONLY_SITES
             inputs[i] = _flat(x) if keep_graph else _flat(x).detach()
         if name in writers or name in frozen:
-            leaves[name] = _flat(x).detach().requires_grad_(True)
-            return leaves[name].view(x.shape)
-        if name.endswith("hook_pattern") or name.endswith("hook_scale") or _MLP_INPUT.fullmatch(name):
+            leaves[name] = out = _flat(x).detach().requires_grad_(True)
+            if name in writers and (i := writers[name]) in inputs:
+                # A skip transcoder's x W_skip^T stays a live linear path from its input: the
+                # value is still the clean one, and the gradient flows through W_skip.
+                skip = skip_term(saes[i], inputs[i])
+                out = out + (skip - skip.detach()) if isinstance(skip, Tensor) else out
+            return out.view(x.shape)
+        if name.endswith("hook_pattern") or name.endswith("hook_scale") or name in mlp_inputs:
             return x.detach()
         captured[name] = x
         return x
 
     names = set(readers) | set(writers) | set(frozen) | {"unembed.hook_in", "unembed.hook_out"}
     names |= {n for n in model.hook_dict if n.endswith("hook_pattern") or n.endswith("hook_scale")
-              or _MLP_INPUT.fullmatch(n) or _ATTN.fullmatch(n)}
+              or n in mlp_inputs or _ATTN.fullmatch(n)}
     with _flat_inputs(saes):
         with _frozen_parameters(model), torch.enable_grad(), \
                 model.hooks(fwd_hooks=[(n, hook) for n in sorted(names)]):
@@ -219,8 +232,11 @@ def frozen_forward(model: Any, saes: Sequence[Any], tokens: Int[Tensor, "1 pos"]
         with torch.no_grad():
             for i, (sae, info) in enumerate(zip(saes, infos, strict=True)):
                 leaf = leaves[info.hook_out]
-                f = sae.encode(inputs[i].detach())[0]  # in the SAE's dtype, which may not be ours
-                error = leaf.detach()[0] - sae.decode(f[None])[0].to(leaf.dtype)
+                x_in = inputs[i].detach()
+                f = sae.encode(x_in)[0]  # in the SAE's dtype, which may not be ours
+                skip = skip_term(sae, x_in)
+                recon = sae.decode(f[None])[0] + (skip[0] if isinstance(skip, Tensor) else 0.0)
+                error = leaf.detach()[0] - recon.to(leaf.dtype)
                 sites.append(SiteRun(info, sae, inputs[i], leaf, f, error))
         mlp = {i: leaves[n] for i in range(model.cfg.n_layers)
                if (n := f"blocks.{i}.hook_mlp_out") not in writers}

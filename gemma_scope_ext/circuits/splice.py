@@ -28,7 +28,7 @@ from transformer_lens.hook_points import HookPoint
 
 from gemma_scope_ext.models.sites import SITES
 
-__all__ = ["SAEHookPoint", "SiteNodes", "Splice", "SplicedSite", "site_of", "splice"]
+__all__ = ["SAEHookPoint", "SiteNodes", "Splice", "SplicedSite", "site_of", "skip_term", "splice"]
 
 
 def site_of(hook: str) -> tuple[str, int | None]:
@@ -87,6 +87,14 @@ class _CleanValue(torch.autograd.Function):
         return grad, None
 
 
+def skip_term(sae: Any, sae_in: Tensor) -> Tensor | float:
+    """``x W_skip^T`` of a skip transcoder (SAELens's ``W_skip`` [d_out, d_in]), else 0.
+
+    It is part of the transcoder's output, not of its error, and stays live in ``x``."""
+    w_skip = getattr(sae, "W_skip", None)
+    return 0.0 if w_skip is None else sae_in.to(w_skip.dtype) @ w_skip.T
+
+
 class SAEHookPoint(HookPoint):
     """Stands in for the HookPoint at an SAE's output hook and returns the SAE's output there.
 
@@ -139,10 +147,11 @@ class SAEHookPoint(HookPoint):
         patched = self.hook_sae_acts_post(feats)
         untouched = patched is feats and feats._version == feats_version
         feats = patched
-        out = sae.decode(feats).to(x.dtype)
+        skip = skip_term(sae, sae_in)
+        out = (sae.decode(feats) + skip).to(x.dtype)
         error = None
         if self.use_error_term:
-            error = x_flat - sae.decode(f_clean).to(x.dtype)
+            error = x_flat - (sae.decode(f_clean) + skip).to(x.dtype)
             if self.leaf_nodes:
                 error = error.detach().requires_grad_(grad)
             elif grad and not error.requires_grad:

@@ -10,6 +10,10 @@ place (``npz.py``): no decoding, no copy on disk. Only a compressed npz is conve
 load, into a checked safetensors copy that later loads memory-map (``cache.py``); weights are cached
 as released; the embedding SAEs' rescaling for TransformerLens's ``hook_embed``
 happens when the SAE is built.
+
+A Gemma Scope 2 id's ``params.safetensors`` is read by its header with every tensor name, dtype and
+shape checked (``scope2.py``), and loads as the SAE, transcoder or skip transcoder its folder names,
+on the hooks of ``gemma3_shapes.py``.
 """
 
 from __future__ import annotations
@@ -35,8 +39,13 @@ from gemma_scope_ext.pretrained.cache import (
 from gemma_scope_ext.pretrained.catalog import CatalogEntry, expected_shapes, get_entry
 from gemma_scope_ext.pretrained.hub import download_params
 from gemma_scope_ext.pretrained.npz import IntegrityError, all_stored, map_npz, verify_blob
-from gemma_scope_ext.saes.params import PARAM_NAMES, rescale_for_hook_embed
+from gemma_scope_ext.pretrained.scope2 import read_params_safetensors
+from gemma_scope_ext.saes.params import rescale_for_hook_embed
 from gemma_scope_ext.saes.sae import GemmaScopeSAE, GemmaScopeSAEConfig
+from gemma_scope_ext.saes.skip_transcoder import (
+    GemmaScopeSkipTranscoder,
+    GemmaScopeSkipTranscoderConfig,
+)
 from gemma_scope_ext.saes.transcoder import GemmaScopeTranscoder, GemmaScopeTranscoderConfig
 
 __all__ = [
@@ -79,9 +88,10 @@ def read_params_npz(path: str | os.PathLike, entry: CatalogEntry) -> dict[str, n
 
 def check_params(arrays: dict[str, Any], entry: CatalogEntry, where: str) -> None:
     """Raise :class:`ParamsFileError` unless ``arrays`` has exactly the expected float32 arrays."""
-    if sorted(arrays) != sorted(PARAM_NAMES):
+    names = sorted(expected_shapes(entry))
+    if sorted(arrays) != names:
         raise ParamsFileError(
-            f"{where} holds arrays {sorted(arrays)}; expected {sorted(PARAM_NAMES)} for "
+            f"{where} holds arrays {sorted(arrays)}; expected {names} for "
             f"{entry.release} {entry.sae_id}"
         )
     for name, shape in expected_shapes(entry).items():
@@ -111,10 +121,21 @@ def load_params(
     """``entry``'s weights as released (float32, CPU).
 
     An uncompressed npz is memory-mapped in place; a compressed one is read through the checked
-    safetensors cache. ``verify`` first checks the file's sha256 against its Hugging Face blob name
+    safetensors cache; a Gemma Scope 2 ``params.safetensors`` is read directly, names, dtypes and
+    shapes checked, a skip connection as ``W_skip`` [d_out, d_in]. ``verify`` first checks the file's sha256 against its Hugging Face blob name
     (reads the whole file once).
     """
     npz_path = download_params(entry, revision=revision, force_download=force_download)
+    if entry.generation == 2:  # params.safetensors: read by its header, nothing to convert
+        if verify:
+            try:
+                verify_blob(npz_path)
+            except IntegrityError as err:
+                raise _damaged(npz_path, entry, err) from err
+        try:
+            return read_params_safetensors(npz_path, entry)
+        except ValueError as err:
+            raise ParamsFileError(str(err)) from err
     try:
         if verify:
             verify_blob(npz_path)
@@ -147,15 +168,17 @@ def _load_via_cache(entry: CatalogEntry, npz_path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _sae_classes(kind: str) -> tuple[type, type]:
-    if kind == "transcoder":
+def _sae_classes(entry: CatalogEntry) -> tuple[type, type]:
+    if entry.skip:
+        return GemmaScopeSkipTranscoder, GemmaScopeSkipTranscoderConfig
+    if entry.kind == "transcoder":
         return GemmaScopeTranscoder, GemmaScopeTranscoderConfig
     return GemmaScopeSAE, GemmaScopeSAEConfig
 
 
 def sae_config(entry: CatalogEntry, device: str = "cpu", dtype: str = "float32") -> Any:
     """The SAELens config (with metadata) of ``entry``'s SAE or transcoder."""
-    _, config_cls = _sae_classes(entry.kind)
+    _, config_cls = _sae_classes(entry)
     meta: dict[str, Any] = dict(
         model_name=entry.model,
         hook_name=entry.hook_name,
@@ -194,7 +217,7 @@ def build_sae(
     from sae_lens.util import str_to_dtype
 
     check_params(params, entry, f"weights for {entry.release} {entry.sae_id}")
-    sae_cls, _ = _sae_classes(entry.kind)
+    sae_cls, _ = _sae_classes(entry)
     # Build on the meta device and assign the loaded tensors: no random init, no extra copy.
     cfg = sae_config(entry, device="meta", dtype=dtype)
     sae = sae_cls(cfg)
@@ -217,6 +240,7 @@ def from_pretrained(
     ``verify=True`` checks the file's sha256 against the name Hugging Face stored it under.
 
     >>> sae = from_pretrained("gemma-scope-2b-pt-res-canonical", "layer_20/width_16k/canonical")
+    >>> tc = from_pretrained("gemma-scope-2-1b-pt-transcoders", "transcoder/layer_13_width_16k_l0_medium_affine")
     """
     entry = get_entry(release, sae_id)
     params = load_params(entry, revision=revision, force_download=force_download, verify=verify)

@@ -1,8 +1,10 @@
 """Finding released SAEs by model, site, layer, width and L0, with every filter checked.
 
 A filter naming something the catalog cannot hold (a model or site it does not know, a layer past
-the model's last block, a width that is not one of Gemma Scope's, a negative L0) is refused with a
-``ValueError`` naming the valid values; a filter that is possible but matches nothing (layer 3 of
+the model's last block, a width that is not one of Gemma Scope's, a negative L0, a generation other
+than 1 or 2) is refused with a
+``ValueError`` naming the valid values; ``generation=1`` keeps Gemma Scope (Gemma 2), ``generation=2``
+Gemma Scope 2 (Gemma 3). A filter that is possible but matches nothing (layer 3 of
 the 27B residual release, which covers layers 10, 22 and 34) gives an empty list, and
 :func:`why_empty` says which filter emptied it and what was there instead.
 """
@@ -35,8 +37,18 @@ def _closest(value: str, valid: Iterable[str]) -> str:
 
 def _n_layers(model: str) -> int:
     from gemma_scope_ext.models.families import get_spec
+    from gemma_scope_ext.pretrained.gemma3_shapes import GEMMA3_MODELS, gemma3_spec
 
-    return get_spec(model).n_layers
+    return (gemma3_spec(model) if model in GEMMA3_MODELS else get_spec(model)).n_layers
+
+
+def _generation(generation: object) -> int | None:
+    if generation is not None and (isinstance(generation, bool) or generation not in (1, 2)):
+        raise ValueError(
+            f"generation must be 1 (Gemma Scope, Gemma 2), 2 (Gemma Scope 2, Gemma 3) or None "
+            f"(both), got {generation!r}"
+        )
+    return generation  # type: ignore[return-value]
 
 
 def _whole(name: str, value: object) -> int:
@@ -52,12 +64,13 @@ def check_filters(
     width: int | str | None = None,
     l0: float | None = None,
     release: str | None = None,
+    generation: int | None = None,
 ) -> tuple[str | None, int | None]:
     """Raise unless every given filter could match a released SAE.
 
     Returns the model without a ``google/`` prefix and the width as a number of latents.
     """
-    entries = all_entries()
+    entries = all_entries(generation=_generation(generation))
     for name, value in (("model", model), ("site", site), ("release", release)):
         if value is not None and not isinstance(value, str):
             raise TypeError(f"{name} must be a string, got {value!r} ({type(value).__name__})")
@@ -99,12 +112,13 @@ def check_filters(
 
 
 def _matching(
-    entries: list[CatalogEntry], model, site, layer, d_sae, release
+    entries: list[CatalogEntry], model, site, layer, d_sae, release, skip=None
 ) -> list[CatalogEntry]:
     return [
         e
         for e in entries
-        if (model is None or e.model == model)
+        if (skip is None or e.skip == skip)
+        and (model is None or e.model == model)
         and (site is None or e.site == site)
         and (layer is None or e.layer == layer)
         and (d_sae is None or e.width == d_sae)
@@ -120,21 +134,28 @@ def find_saes(
     l0: float | None = None,
     release: str | None = None,
     include_aliases: bool = False,
+    generation: int | None = None,
+    skip: bool | None = None,
 ) -> list[CatalogEntry]:
     """Entries matching every given filter, ordered by model, site, layer, width and L0.
 
-    With ``l0``, only the entry with the nearest average L0 is kept at each (release, site, layer,
-    width); ``l0=100`` returns the canonical SAEs. Canonical aliases are left out unless
-    ``include_aliases`` (each points at an entry that is already listed). Filters that no release
-    could match raise ``ValueError`` (see :func:`check_filters`).
+    ``generation`` 1 keeps Gemma Scope (Gemma 2), 2 Gemma Scope 2 (Gemma 3); ``skip`` True or
+    False keeps the Gemma Scope 2 transcoders with or without an affine skip connection (every
+    other entry has none). With ``l0``, only the entry with the nearest average L0 is kept at each
+    (release, site, layer, width, skip); ``l0=100`` returns Gemma Scope 1's canonical SAEs.
+    Canonical aliases are left out unless ``include_aliases`` (each points at an entry that is
+    already listed). Filters that no release could match raise ``ValueError`` (see
+    :func:`check_filters`).
     """
-    model, d_sae = check_filters(model, site, layer, width, l0, release)
-    entries = all_entries(include_aliases=include_aliases or release is not None)
-    hits = _matching(entries, model, site, layer, d_sae, release)
+    if skip is not None and not isinstance(skip, bool):
+        raise TypeError(f"skip must be True, False or None, got {skip!r}")
+    model, d_sae = check_filters(model, site, layer, width, l0, release, generation)
+    entries = all_entries(include_aliases or release is not None, generation)
+    hits = _matching(entries, model, site, layer, d_sae, release, skip)
     if l0 is not None:
         best: dict[tuple, tuple] = {}
         for e in hits:
-            key = (e.release, e.site, e.layer, e.width)
+            key = (e.release, e.site, e.layer, e.width, e.skip)
             # Ties go to the canonical entry, then to the sparser one.
             rank = (abs(e.l0 - l0), not e.canonical, e.l0)
             if key not in best or rank < best[key][0]:
@@ -148,6 +169,7 @@ def find_saes(
             -1 if e.layer is None else e.layer,
             e.width,
             e.l0,
+            e.skip,
             e.release,
         ),
     )
@@ -159,14 +181,16 @@ def why_empty(
     layer: int | None = None,
     width: int | str | None = None,
     release: str | None = None,
+    generation: int | None = None,
 ) -> str:
     """Which filter left nothing, given the ones before it, and the values that were there.
 
     Filters are applied in the order release, model, site, layer, width (``l0`` never empties a
-    result: it picks the nearest). Returns an empty string if the filters match something.
+    result: it picks the nearest), within ``generation`` if given. Returns an empty string if the
+    filters match something.
     """
-    model, d_sae = check_filters(model, site, layer, width, None, release)
-    entries = all_entries(include_aliases=release is not None)
+    model, d_sae = check_filters(model, site, layer, width, None, release, generation)
+    entries = all_entries(release is not None, generation)
     steps = [
         ("release", release, lambda e: e.release, str),
         ("model", model, lambda e: e.model, str),

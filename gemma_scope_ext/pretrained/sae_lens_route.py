@@ -2,7 +2,8 @@
 
 SAELens has no public API for adding or re-routing releases. ``SAE.from_pretrained(release,
 sae_id)`` looks the release up in its bundled yaml, which names a ``conversion_func`` (``gemma_2``
-for Gemma Scope SAEs, ``gemma_2_transcoder`` for the transcoders), and calls
+for Gemma Scope SAEs, ``gemma_2_transcoder`` for the transcoders, ``gemma_3`` for every Gemma
+Scope 2 id), and calls
 ``NAMED_PRETRAINED_SAE_LOADERS[conversion_func](repo_id, folder_name, ...)``. The least invasive
 route found is to wrap those two entries of that dict:
 
@@ -26,8 +27,8 @@ from typing import Any
 
 __all__ = ["entry_for_path", "original_loader", "register_sae_lens_route"]
 
-ROUTED_LOADERS = ("gemma_2", "gemma_2_transcoder")
-"""SAELens conversion functions that Gemma Scope (Gemma 2) releases name in its yaml."""
+ROUTED_LOADERS = ("gemma_2", "gemma_2_transcoder", "gemma_3")
+"""SAELens conversion functions that Gemma Scope releases name in its yaml (gemma_3: Gemma Scope 2)."""
 
 _MARK = "_gemma_scope_original"
 

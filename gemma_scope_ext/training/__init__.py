@@ -18,6 +18,11 @@ from gemma_scope_ext.training.runner_config import (
 )
 from gemma_scope_ext.training.sae import GemmaScopeTrainingSAE
 from gemma_scope_ext.training.saving import save_sae_files
+from gemma_scope_ext.training.skip_transcoder import (
+    GemmaScopeTrainingSkipTranscoder,
+    GemmaScopeTrainingSkipTranscoderConfig,
+)
+from gemma_scope_ext.training.sparsity import sparsity_penalty
 from gemma_scope_ext.training.suite_config import SuiteConfig, SuiteEntry, suite_entries
 from gemma_scope_ext.training.suite_runner import SuiteTrainingRunner, entry_trainer
 from gemma_scope_ext.training.transcoder import (
@@ -30,6 +35,8 @@ from gemma_scope_ext.training.transcoder_runner import TranscoderTrainingRunner
 __all__ = [
     "GemmaScopeTrainingSAE",
     "GemmaScopeTrainingSAEConfig",
+    "GemmaScopeTrainingSkipTranscoder",
+    "GemmaScopeTrainingSkipTranscoderConfig",
     "GemmaScopeTrainingTranscoder",
     "GemmaScopeTrainingTranscoderConfig",
     "PairedBatch",
@@ -49,5 +56,6 @@ __all__ = [
     "gemma_scope_transcoder_config",
     "remove_parallel_grad",
     "save_sae_files",
+    "sparsity_penalty",
     "split_pairs",
 ]

@@ -9,6 +9,7 @@ from sae_lens.saes.sae import TrainingSAEConfig
 from typing_extensions import override
 
 from gemma_scope_ext.saes.sae import ARCHITECTURE
+from gemma_scope_ext.training.sparsity import L0_PENALTIES
 
 __all__ = ["GemmaScopeTrainingSAEConfig"]
 
@@ -41,6 +42,14 @@ class GemmaScopeTrainingSAEConfig(TrainingSAEConfig):
 
     l0_warm_up_steps: int = 10_000
     """Steps over which lambda rises linearly from 0 to ``l0_coefficient``."""
+
+    l0_penalty: Literal["step", "quadratic"] = "step"
+    """The penalty on each token's L0: the L0 itself (Gemma Scope), or Gemma Scope 2's quadratic
+    ``(2 / target_l0) (l0 - target_l0)^2`` as SAELens implements it (``training/sparsity.py``
+    says what is known of it). The quadratic penalty trains with the dense step."""
+
+    target_l0: float | None = None
+    """The target L0 of the quadratic penalty (required by it, refused by ``"step"``)."""
 
     input_scaling: Literal["unit_mean_squared_norm", "none"] = "unit_mean_squared_norm"
     """Multiply inputs by a fixed scalar so that E[||x||^2] = 1 (Gemma Scope), or leave them."""
@@ -91,6 +100,27 @@ class GemmaScopeTrainingSAEConfig(TrainingSAEConfig):
             raise ValueError(
                 f"l0_coefficient and l0_warm_up_steps must be >= 0, got "
                 f"{self.l0_coefficient} and {self.l0_warm_up_steps}"
+            )
+        if self.l0_penalty not in L0_PENALTIES:
+            raise ValueError(
+                f"l0_penalty must be one of {', '.join(L0_PENALTIES)}, got {self.l0_penalty!r}"
+            )
+        if self.l0_penalty == "quadratic" and not (
+            self.target_l0 is not None and 0 < self.target_l0 <= self.d_sae
+        ):
+            raise ValueError(
+                f"l0_penalty='quadratic' needs 0 < target_l0 <= d_sae ({self.d_sae}), got "
+                f"{self.target_l0!r}; e.g. target_l0=60 for Gemma Scope 2's 'medium' L0"
+            )
+        if self.l0_penalty == "step" and self.target_l0 is not None:
+            raise ValueError(
+                f"target_l0={self.target_l0!r} is read only by l0_penalty='quadratic'; set that "
+                "too, or leave target_l0 out"
+            )
+        if self.l0_penalty != "step" and self.sparse_training == "on":
+            raise ValueError(
+                "sparse_training='on' computes only the step penalty; use 'auto' or 'off' with "
+                f"l0_penalty={self.l0_penalty!r}"
             )
         if self.sparse_training not in ("auto", "on", "off"):
             raise ValueError(

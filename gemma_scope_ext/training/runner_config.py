@@ -12,6 +12,7 @@ from gemma_scope_ext.models.families import get_family, get_spec
 from gemma_scope_ext.models.sites import hook_name, hook_name_out, site_d_in, site_d_out
 from gemma_scope_ext.training.checks import check_run_settings
 from gemma_scope_ext.training.config import GemmaScopeTrainingSAEConfig
+from gemma_scope_ext.training.skip_transcoder import GemmaScopeTrainingSkipTranscoderConfig
 from gemma_scope_ext.training.transcoder import GemmaScopeTrainingTranscoderConfig
 
 __all__ = [
@@ -138,14 +139,16 @@ class TranscoderRunnerConfig(LanguageModelSAERunnerConfig[Any]):
 
 
 def gemma_scope_transcoder_config(
-    model_name: str, layer: int, d_sae: int, **overrides: Any
+    model_name: str, layer: int, d_sae: int, skip: bool = False, **overrides: Any
 ) -> TranscoderRunnerConfig:
     """A runner config for one Gemma Scope transcoder at ``layer``: the recipe, at the MLP.
 
     Input ``blocks.{layer}.ln2.hook_normalized``, target ``blocks.{layer}.hook_mlp_out``. Defaults and
     ``overrides`` are those of ``gemma_scope_sae_config`` (Adam beta1 0, lr 7e-5, BOS and other
     special tokens excluded, wandb off, fp32), and so are the checks made before anything runs.
-    ``d_out``, if given, must be the width of the MLP output.
+    ``d_out``, if given, must be the width of the MLP output. ``skip=True`` trains Gemma Scope 2's
+    skip transcoder (an affine ``x W_skip^T`` path beside the latents; saved as a stock
+    ``jumprelu_skip_transcoder``).
     """
     expected_d_out = site_d_out(model_name, "transcoder")
     d_out = overrides.pop("d_out", expected_d_out)
@@ -159,7 +162,10 @@ def gemma_scope_transcoder_config(
     logger = overrides.pop("logger", None)
     base = gemma_scope_sae_config(model_name, "transcoder", layer, d_sae, **overrides)
     out_hook = hook_name_out(model_name, "transcoder", layer)
-    sae_cfg = GemmaScopeTrainingTranscoderConfig(
+    if not isinstance(skip, bool):
+        raise ValueError(f"skip must be True or False, got {skip!r}")
+    config_cls = GemmaScopeTrainingSkipTranscoderConfig if skip else GemmaScopeTrainingTranscoderConfig
+    sae_cfg = config_cls(
         **{f.name: getattr(base.sae, f.name) for f in fields(base.sae) if f.name != "metadata"},
         d_out=d_out,
         metadata=SAEMetadata(hook_name=base.hook_name, hook_name_out=out_hook),

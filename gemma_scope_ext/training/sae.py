@@ -54,6 +54,7 @@ from gemma_scope_ext.training.sparse_step import (
     sparse_training_step,
     use_sparse_training,
 )
+from gemma_scope_ext.training.sparsity import sparsity_penalty
 
 __all__ = ["GemmaScopeTrainingSAE", "GemmaScopeTrainingSAEConfig"]
 
@@ -208,9 +209,10 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
         scaled reconstruction)."""
         sae_in, target = self._scaled_inputs(x, target)
         feature_acts, hidden_pre = self._encode_processed(sae_in)
-        return sae_in, target, feature_acts, hidden_pre, self._decode_scaled(feature_acts)
+        return sae_in, target, feature_acts, hidden_pre, self._decode_scaled(feature_acts, sae_in)
 
-    def _decode_scaled(self, feature_acts: Tensor) -> Tensor:
+    def _decode_scaled(self, feature_acts: Tensor, sae_in: Tensor) -> Tensor:
+        """Scaled output; ``sae_in`` (the scaled input) is for a skip connection's subclass."""
         return self.hook_sae_recons(
             feature_acts @ self.project_decoder_grad(self.W_dec) + self.b_dec
         )
@@ -225,7 +227,7 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
         points = (self.hook_sae_acts_pre, self.hook_sae_acts_post, self.hook_sae_recons)
         if any(p._forward_hooks or p._forward_pre_hooks for p in points):
             return False
-        if sae_in.dim() != 2 or target.dim() != 2:
+        if sae_in.dim() != 2 or target.dim() != 2 or self.cfg.l0_penalty != "step":
             return False
         return use_sparse_training(
             self.cfg.sparse_training, self.pair_density, self.cfg.d_in, self.cfg.d_sae,
@@ -255,7 +257,7 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
             losses = {"mse_loss": out.mse_loss, "l0_loss": step_input.coefficients["l0"] * out.l0}
         else:
             feature_acts, hidden_pre = self._encode_processed(sae_in)
-            sae_out = self._decode_scaled(feature_acts)
+            sae_out = self._decode_scaled(feature_acts, sae_in)
             losses = {"mse_loss": (sae_out - target).pow(2).sum(dim=-1).mean()}
             losses.update(
                 self.calculate_aux_loss(
@@ -284,10 +286,11 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
         hidden_pre: Tensor,
         sae_out: Tensor,
     ) -> dict[str, Tensor]:
-        """lambda * ||f||_0 through the step estimator (mean over tokens)."""
+        """lambda * the L0 penalty (``l0_penalty``: ``training/sparsity.py``), mean over tokens."""
         threshold = self.get_threshold().to(hidden_pre.dtype)
         l0 = step(hidden_pre, threshold, self.bandwidth).sum(dim=-1)
-        return {"l0_loss": step_input.coefficients["l0"] * l0.mean()}
+        penalty = sparsity_penalty(l0, self.cfg.l0_penalty, self.cfg.target_l0)
+        return {"l0_loss": step_input.coefficients["l0"] * penalty}
 
     @override
     def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:

@@ -40,9 +40,15 @@ def _flat_mode(sae):
     return sae
 
 
+def _skip(sae, x):
+    """A skip transcoder's x W_skip^T (live in its input), else 0."""
+    return x @ sae.W_skip.T if hasattr(sae, "W_skip") else 0.0
+
+
 class BruteForce:
     """The frozen linear model rebuilt by hand: patterns and norm scales replayed from a clean
-    cache, every spliced site's output set to decode(features) + error from cached values."""
+    cache, every spliced site's output set to decode(features) + error from cached values (plus
+    x W_skip^T of the live input for a skip transcoder)."""
 
     def __init__(self, model, saes, tokens):
         self.model, self.saes, self.tokens = model, [_flat_mode(s) for s in saes], tokens
@@ -58,7 +64,8 @@ class BruteForce:
             x = _flat(self.cache[sae.cfg.metadata.hook_name])
             f = sae.encode(x).detach()
             self.values[out + "#f"] = f[0]
-            self.values[out + "#e"] = (_flat(self.cache[out]) - sae.decode(f)).detach()[0]
+            error = _flat(self.cache[out]) - sae.decode(f) - _skip(sae, x)
+            self.values[out + "#e"] = error.detach()[0]
 
     def run(self, values):
         """Pre-activations of every SAE, the logits, and the pre-cap logits, for these values."""
@@ -74,6 +81,7 @@ class BruteForce:
             if hook.name in self.outs:
                 sae = self.outs[hook.name]
                 out = sae.decode(values[hook.name + "#f"]) + values[hook.name + "#e"]
+                out = out + _skip(sae, inputs[sae.cfg.metadata.hook_name][0])
                 return out[None].reshape(x.shape)
             return values[hook.name][None]
 
@@ -240,7 +248,9 @@ def test_clear_errors_before_any_work(tiny_model, eval_tokens, case):
     skip = JumpReLUSkipTranscoder(JumpReLUSkipTranscoderConfig(
         d_in=128, d_sae=8, d_out=128, apply_b_dec_to_input=False, metadata=SAEMetadata(
             hook_name="blocks.1.ln2.hook_normalized", hook_name_out="blocks.1.hook_mlp_out")))
-    with pytest.raises(ValueError, match="JumpReLUSkipTranscoder has a skip connection"):
+    # SAELens's W_skip is read (test_graph_skip.py); a skip path stored otherwise is refused.
+    skip.register_parameter("skip_weight", torch.nn.Parameter(torch.zeros(128, 128)))
+    with pytest.raises(ValueError, match=r"has a skip connection \(skip_weight\) that is not"):
         feature_graph(tiny_model, [saes[0], skip], tokens, metric, progress=False)
     neurons = copy.deepcopy(saes[1])
     neurons.cfg.metadata.hook_name = "blocks.1.mlp.hook_post"

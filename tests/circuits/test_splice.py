@@ -144,3 +144,46 @@ def test_bad_splices_say_what_is_wrong(tiny_model, setup):
     with pytest.raises(ValueError, match="width 96"), splice(tiny_model, wrong_width):
         tiny_model(cache["hook_embed"].new_zeros(1, 4, dtype=torch.long))
     assert not any("hook_sae" in k for k in tiny_model.hook_dict)
+
+
+def _skip_transcoder(cache, seed=5):
+    """The transcoder of ``four_site_saes`` with a random skip connection beside it."""
+    from gemma_scope_ext.saes.skip_transcoder import GemmaScopeSkipTranscoder
+
+    plain = random_jumprelu(cache, "blocks.3.ln2.hook_normalized", hook_out="blocks.3.hook_mlp_out",
+                            seed=seed)  # fmt: skip
+    params = {k: v.detach() for k, v in plain.state_dict().items()}
+    d_out, d_in = plain.cfg.d_out, plain.cfg.d_in
+    params["W_skip"] = torch.randn(d_out, d_in, generator=torch.Generator().manual_seed(seed)) * 0.2
+    return GemmaScopeSkipTranscoder.from_params(params, hook_name=plain.cfg.metadata.hook_name,
+                                                hook_name_out=plain.cfg.metadata.hook_name_out)
+
+
+def test_skip_transcoders_splice_with_their_skip_path(tiny_model, setup):
+    tokens, cache, _ = setup
+    tc = _skip_transcoder(cache)
+    x = cache["blocks.3.ln2.hook_normalized"]
+    y_hat = tc.decode(tc.encode(x)) + x @ tc.W_skip.T  # the plain reference
+
+    def replace(act, hook):
+        return y_hat
+
+    reference = tiny_model.run_with_hooks(tokens, fwd_hooks=[("blocks.3.hook_mlp_out", replace)])
+    with splice(tiny_model, [tc], use_error_term=False):
+        ours = tiny_model(tokens)
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+    # Negative control: the same transcoder without its skip path gives other logits.
+    with torch.no_grad():
+        saved = tc.W_skip.clone()
+        tc.W_skip.zero_()
+        with splice(tiny_model, [tc], use_error_term=False):
+            assert (tiny_model(tokens) - reference).abs().max() > 1e-2
+        tc.W_skip.copy_(saved)
+    # With the error term the logits are clean, and the error is what the whole transcoder,
+    # skip path included, misses.
+    clean = tiny_model(tokens)
+    with torch.no_grad(), splice(tiny_model, [tc]) as sp:
+        logits = tiny_model(tokens)
+        error = sp.nodes(tc).error
+    torch.testing.assert_close(logits, clean, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(error, cache["blocks.3.hook_mlp_out"] - y_hat, atol=1e-5, rtol=1e-5)

@@ -1,4 +1,4 @@
-"""Test helper: a temporary Hugging Face cache of params.npz files, laid out as huggingface_hub does.
+"""Test helper: a temporary Hugging Face cache of weight files, laid out as huggingface_hub does.
 
 ``models--google--{repo}/blobs/{sha256}`` holds the bytes, ``snapshots/{commit}/{path}/params.npz``
 is a relative symlink to the blob and ``refs/{ref}`` names the commit, so ``hf_hub_download`` with
@@ -51,14 +51,30 @@ def write_params(
         arrays = {k: np.asfortranarray(v) if v.ndim == 2 else v for k, v in arrays.items()}
     buf = io.BytesIO()
     (np.savez_compressed if compressed else np.savez)(buf, **arrays)
-    data = buf.getvalue()
+    return write_file(hub, repo_id, f"{path}/params.npz", buf.getvalue(), commit, ref)
+
+
+def write_safetensors(
+    hub: Path, repo_id: str, path: str, tensors: dict, commit: str = COMMIT, ref: str = "main"
+) -> Path:
+    """Store torch ``tensors`` as ``{path}/params.safetensors`` (Gemma Scope 2's layout)."""
+    from safetensors.torch import save
+
+    data = save({k: v.contiguous() for k, v in tensors.items()})
+    return write_file(hub, repo_id, f"{path}/params.safetensors", data, commit, ref)
+
+
+def write_file(
+    hub: Path, repo_id: str, filename: str, data: bytes, commit: str = COMMIT, ref: str = "main"
+) -> Path:
+    """Store ``data`` as ``filename`` of ``repo_id`` at ``commit``; return its snapshot path."""
     repo = hub / ("models--" + repo_id.replace("/", "--"))
     blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
     blob.parent.mkdir(parents=True, exist_ok=True)
     blob.write_bytes(data)
     (repo / "refs").mkdir(exist_ok=True)
     (repo / "refs" / ref).write_text(commit)
-    link = repo / "snapshots" / commit / path / "params.npz"
+    link = repo / "snapshots" / commit / filename
     link.parent.mkdir(parents=True, exist_ok=True)
     if link.is_symlink() or link.exists():
         link.unlink()

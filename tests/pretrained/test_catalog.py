@@ -50,7 +50,7 @@ TRANSCODER_L0 = [76, 65, 49, 54, 88, 87, 95, 70, 52, 72, 88, 5, 6, 8, 8, 8, 10, 
 
 
 def test_releases_are_the_nine_repos_and_their_canonical_aliases():
-    releases = {r.name: r for r in list_releases()}
+    releases = {r.name: r for r in list_releases() if r.generation == 1}
     base = {n for n, r in releases.items() if r.alias_of is None}
     assert base == {f"gemma-scope-{r}" for r in REPOS}
     for name, r in releases.items():
@@ -63,7 +63,7 @@ def test_releases_are_the_nine_repos_and_their_canonical_aliases():
 
 def test_every_site_width_layer_of_the_release_table_and_nothing_else():
     found: dict[tuple[str, str], dict[int, set]] = defaultdict(lambda: defaultdict(set))
-    for e in all_entries():
+    for e in all_entries(generation=1):
         found[(e.model, e.site)][e.width].add(e.layer)
     expected = {
         key: {w: set(layers) for w, layers in t.items()} for key, t in RELEASE_TABLE.items()
@@ -72,7 +72,7 @@ def test_every_site_width_layer_of_the_release_table_and_nothing_else():
 
 
 def test_entries_are_consistent_with_their_paths_and_the_model_spec():
-    for e in all_entries(include_aliases=True):
+    for e in all_entries(include_aliases=True, generation=1):
         layer = "embedding" if e.layer is None else f"layer_{e.layer}"
         width = {v: k for k, v in catalog.WIDTHS.items()}[e.width]
         assert e.path == f"{layer}/width_{width}/average_l0_{e.l0}"
@@ -89,7 +89,7 @@ def test_entries_are_consistent_with_their_paths_and_the_model_spec():
 
 
 def test_transcoders_one_per_layer_with_published_l0():
-    tcs = find_saes(site="transcoder")
+    tcs = find_saes(site="transcoder", generation=1)
     assert [e.layer for e in tcs] == ALL_2B
     assert [e.l0 for e in tcs] == TRANSCODER_L0
     assert all(e.canonical and e.kind == "transcoder" and e.neuronpedia_id for e in tcs)
@@ -97,7 +97,7 @@ def test_transcoders_one_per_layer_with_published_l0():
 
 def test_canonical_is_l0_nearest_100_and_matches_sae_lens_aliases():
     groups = defaultdict(list)
-    for e in all_entries():
+    for e in all_entries(generation=1):
         groups[(e.release, e.site, e.layer, e.width)].append(e)
     for key, group in groups.items():
         picks = [e for e in group if e.canonical]
@@ -207,9 +207,10 @@ def test_cli_list(capsys):
                                  "--width", "16k"]) == 0  # fmt: skip
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
     assert [r[5] for r in rows] == ["22", "41", "82", "176", "445"]
-    assert [r[5] for r in rows if r[6] == "*"] == ["82"]
+    assert [r[5] for r in rows if r[6] == "*"] == ["82"]  # no skip column on Gemma Scope 1
     assert (
-        gemma_scope_cli.main(["list", "--site", "transcoder", "--canonical", "--layer", "7"]) == 0
+        gemma_scope_cli.main(["list", "--site", "transcoder", "--canonical", "--layer", "7",
+                              "--generation", "1"]) == 0
     )
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
     release, sae_id = "gemma-scope-2b-pt-transcoders", "layer_7/width_16k/average_l0_70"

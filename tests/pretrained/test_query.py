@@ -12,14 +12,14 @@ from gemma_scope_ext.pretrained.query import check_filters, find_saes, why_empty
 
 
 @pytest.mark.parametrize("filters, message", [
-    (dict(model="gemma-2-3b"), r"unknown model 'gemma-2-3b'; expected one of: gemma-2-27b, "
+    (dict(model="gemma-2-3b", generation=1), r"unknown model 'gemma-2-3b'; expected one of: gemma-2-27b, "
                                r"gemma-2-2b, gemma-2-9b, gemma-2-9b-it; closest: gemma-2-9b, gemma-2-2b"),
     (dict(site="resid"), r"unknown site 'resid'; expected one of: att, embedding, mlp, res, "
                          r"transcoder; closest: res"),
     (dict(model="gemma-2-2b", layer=99), r"layer 99 is impossible: gemma-2-2b has 26 layers; "
                                          r"expected 0 to 25"),
     (dict(model="gemma-2-2b", layer=26), "gemma-2-2b has 26 layers"),
-    (dict(layer=46), "the deepest model has 46; expected 0 to 45"),
+    (dict(layer=46, generation=1), "the deepest model has 46; expected 0 to 45"),
     (dict(layer=-1), "layer -1 is impossible"),
     (dict(width=0), r"width 0 is not a Gemma Scope width; expected one of 4k \(4096\), 16k"),
     (dict(width=-16384), "width -16384 is not a Gemma Scope width"),
@@ -52,7 +52,7 @@ def test_boundaries_and_valid_empty_results():
     # The last block of each model is a valid layer (negative control for the range check).
     assert [e.layer for e in find_saes(model="gemma-2-2b", site="res", layer=25, width="16k",
                                        l0=100)] == [25]  # fmt: skip
-    assert find_saes(layer=45) == []  # gemma-2-27b has a block 45, but no SAE on it
+    assert find_saes(layer=45, generation=1) == []  # gemma-2-27b has a block 45, but no SAE on it
     # Possible filters matching nothing stay an empty list, and why_empty says which one.
     assert find_saes(model="gemma-2-27b", layer=3) == []
     assert why_empty(model="gemma-2-27b", layer=3) == (

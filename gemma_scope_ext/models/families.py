@@ -24,6 +24,7 @@ __all__ = [
     "get_spec",
     "known_models",
     "tiny_dir",
+    "tiny_model_names",
     "tiny_spec",
 ]
 
@@ -42,6 +43,11 @@ def known_models() -> list[str]:
     """Every model name ``get_spec`` accepts: released models, then the embedded tiny ones."""
     names = [m for f in FAMILIES.values() for m in f.models]
     return names + [f.tiny_model for f in FAMILIES.values()]
+
+
+def tiny_model_names() -> list[str]:
+    """The embedded tiny models, one per family (``tiny-gemma2``, ``tiny-gemma3``)."""
+    return [f.tiny_model for f in FAMILIES.values()]
 
 
 def tiny_dir(name: str = TINY_MODEL_NAME) -> Path:

@@ -123,8 +123,9 @@ def tl_config_from_hf(hf_config: Any, dtype: torch.dtype = torch.float32, device
         attn_types=[_ATTN_TYPES[t] for t in hf.layer_types],
         attn_scale=float(hf.query_pre_attn_scalar) ** 0.5,
         model_name=TINY_MODEL_NAME if hf.hidden_size < 512 else "gemma-3-custom",
-        original_architecture=hf_config.architectures[0] if hf_config.architectures
-        else "Gemma3ForCausalLM",
+        # Multimodal configs nest the text model's (a config built in memory names no architecture).
+        original_architecture="Gemma3ForCausalLM" if hf is hf_config
+        else "Gemma3ForConditionalGeneration",
         tokenizer_name=None,
         dtype=dtype,
         device=device,

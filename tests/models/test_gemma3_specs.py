@@ -10,6 +10,7 @@ import dataclasses
 import math
 
 import pytest
+import torch
 
 from gemma_scope_ext import GEMMA3_MODELS, get_spec, hook_name, hook_name_out, site_d_in
 from gemma_scope_ext.models import add_mlp_input_hooks, family_of, get_family
@@ -104,19 +105,54 @@ def test_both_hf_architectures_are_gemma3():
         family_of("LlamaForCausalLM")
 
 
-def test_multimodal_config_gives_the_text_models_tl_config(tiny_gemma3_hf_model):
-    """4b-27b nest the language model's config; the TL config is read from inside it."""
+def _multimodal(text_config):
     from transformers import Gemma3Config
 
+    tiny_vision = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                   "num_attention_heads": 2, "image_size": 28, "patch_size": 14}  # fmt: skip
+    return Gemma3Config(text_config=text_config.to_dict(), vision_config=tiny_vision,
+                        mm_tokens_per_image=4, image_token_index=5, boi_token_index=6,
+                        eoi_token_index=7)  # fmt: skip
+
+
+def test_multimodal_config_gives_the_text_models_tl_config(tiny_gemma3_hf_model):
+    """4b-27b nest the language model's config; the TL config is read from inside it."""
     text = tiny_gemma3_hf_model.config
-    nested = Gemma3Config(text_config=text.to_dict(), vision_config={
-        "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-        "num_attention_heads": 2, "image_size": 28, "patch_size": 14,
-    }, architectures=["Gemma3ForConditionalGeneration"])  # fmt: skip
-    ours = tl_config_from_hf(nested)
+    ours = tl_config_from_hf(_multimodal(text))
     plain = tl_config_from_hf(text)
     assert ours.original_architecture == "Gemma3ForConditionalGeneration"
+    assert plain.original_architecture == "Gemma3ForCausalLM"
     assert dataclasses.replace(ours, original_architecture=plain.original_architecture) == plain
+
+
+def test_a_multimodal_model_converts_to_its_language_model(tiny_gemma3_hf_model):
+    """A Gemma3ForConditionalGeneration holding the tiny model's weights: TL equals its logits on
+    text, and the loaded model is a Gemma 3 with every transcoder hook."""
+    from transformers import Gemma3ForConditionalGeneration
+
+    from gemma_scope_ext.models import hooked_from_hf, sample_tokens
+
+    config = _multimodal(tiny_gemma3_hf_model.config)
+    config.text_config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    mm = Gemma3ForConditionalGeneration(config).eval()
+    mm.model.language_model.load_state_dict(tiny_gemma3_hf_model.model.state_dict())
+    mm.lm_head.load_state_dict(tiny_gemma3_hf_model.lm_head.state_dict())
+    model = hooked_from_hf(mm)
+    tokens = sample_tokens(tiny_gemma3_model_tokenizer(), 2, 64)
+    with torch.no_grad():
+        ref = mm(input_ids=tokens).logits
+        assert (model(tokens) - ref).abs().max() < 1e-4
+        assert (tiny_gemma3_hf_model(tokens).logits - ref).abs().max() < 1e-4
+    assert get_spec(model).family == "gemma3"
+    assert model.cfg.original_architecture == "Gemma3ForConditionalGeneration"
+    assert hook_name(model, "transcoder", 5) in model.hook_dict
+
+
+def tiny_gemma3_model_tokenizer():
+    from gemma_scope_ext.models import tiny_tokenizer
+
+    return tiny_tokenizer("tiny-gemma3")
 
 
 def test_spec_of_the_loaded_tiny_model(tiny_gemma3_model):

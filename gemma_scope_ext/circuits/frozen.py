@@ -37,8 +37,11 @@ __all__ = ["FrozenRun", "SiteRun", "check_affine", "decoder_rows", "encoder_rows
 _SAME_HOOK = re.compile(
     r"hook_embed|blocks\.\d+\.(hook_resid_pre|hook_resid_mid|hook_resid_post|attn\.hook_z|"
     r"hook_attn_out|hook_mlp_out)")
-_TRANSCODER_IN = re.compile(r"blocks\.(\d+)\.(ln2\.hook_normalized|hook_resid_mid)")
+# Gemma Scope 1's transcoders read ln2.hook_normalized (before the gain), Gemma Scope 2's the MLP's
+# own input, mlp.hook_in (after it).
+_TRANSCODER_IN = re.compile(r"blocks\.(\d+)\.(ln2\.hook_normalized|mlp\.hook_in|hook_resid_mid)")
 _MLP_INPUT = re.compile(r"blocks\.\d+\.ln2\.hook_normalized")
+_MLP_HOOK_IN = re.compile(r"blocks\.\d+\.mlp\.hook_in")
 _ATTN = re.compile(r"blocks\.(\d+)\.attn\.hook_(v|pattern|z)")
 
 
@@ -121,7 +124,8 @@ def _check_sae(model: Any, sae: Any) -> SiteInfo:
         raise ValueError(
             f"feature_graph supports SAEs at hook_embed and blocks.L.hook_resid_pre/mid/post, "
             f"attn.hook_z, hook_attn_out, hook_mlp_out, and transcoders from blocks.L.ln2."
-            f"hook_normalized (or hook_resid_mid) to blocks.L.hook_mlp_out; got {name} reading "
+            f"hook_normalized, mlp.hook_in (or hook_resid_mid) to blocks.L.hook_mlp_out; got {name} "
+            f"reading "
             f"{hook_in!r} and writing {hook_out!r}")
     site, layer = site_of(hook_in)
     return SiteInfo(site, layer, hook_in, hook_out, int(sae.cfg.d_sae))
@@ -177,6 +181,9 @@ def frozen_forward(model: Any, saes: Sequence[Any], tokens: Int[Tensor, "1 pos"]
         readers.setdefault(info.hook_in, []).append(i)
     writers = {info.hook_out: i for i, info in enumerate(infos)}
     frozen = ["hook_embed"] + [f"blocks.{i}.hook_mlp_out" for i in range(model.cfg.n_layers)]
+    # The MLP's input is cut where it enters the MLP: at mlp.hook_in where the model has it (so a
+    # transcoder reading it keeps its graph), else at ln2.hook_normalized.
+    mlp_input = _MLP_HOOK_IN if "blocks.0.mlp.hook_in" in model.hook_dict else _MLP_INPUT
     inputs: dict[int, Tensor] = {}
     leaves: dict[str, Tensor] = {}
     captured: dict[str, Tensor] = {}
@@ -203,14 +210,14 @@ def frozen_forward(model: Any, saes: Sequence[Any], tokens: Int[Tensor, "1 pos"]
         if name in writers or name in frozen:
             leaves[name] = _flat(x).detach().requires_grad_(True)
             return leaves[name].view(x.shape)
-        if name.endswith("hook_pattern") or name.endswith("hook_scale") or _MLP_INPUT.fullmatch(name):
+        if name.endswith("hook_pattern") or name.endswith("hook_scale") or mlp_input.fullmatch(name):
             return x.detach()
         captured[name] = x
         return x
 
     names = set(readers) | set(writers) | set(frozen) | {"unembed.hook_in", "unembed.hook_out"}
     names |= {n for n in model.hook_dict if n.endswith("hook_pattern") or n.endswith("hook_scale")
-              or _MLP_INPUT.fullmatch(n) or _ATTN.fullmatch(n)}
+              or mlp_input.fullmatch(n) or _ATTN.fullmatch(n)}
     with _flat_inputs(saes):
         with _frozen_parameters(model), torch.enable_grad(), \
                 model.hooks(fwd_hooks=[(n, hook) for n in sorted(names)]):

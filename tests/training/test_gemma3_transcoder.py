@@ -99,3 +99,18 @@ def test_runner_trains_a_stock_transcoder_that_sae_lens_splices(tiny_gemma3_mode
         hst.reset_saes()
         hst.add_sae(loaded, use_error_term=False)
         assert (hst(tokens) - clean).abs().max() > 1e-3  # the transcoder really was spliced
+
+
+def test_a_suite_refuses_an_sae_at_the_skip_transcoder_site():
+    """transcoder_skip reads mlp.hook_in and writes hook_mlp_out: no SAE entry may stand there."""
+    from gemma_scope_ext.training.suite_config import SuiteConfig, suite_entries
+
+    entries = suite_entries("tiny-gemma3", sites=["transcoder_skip"], layers=[2], d_sae=64,
+                            l0_coefficients=[1e-3])  # fmt: skip
+    with pytest.raises(ValueError, match="site 'transcoder_skip' maps blocks.2.mlp.hook_in to"):
+        SuiteConfig(model_name="tiny-gemma3", entries=entries, training_tokens=10**6)
+    ok = suite_entries("tiny-gemma3", sites=["transcoder", "res"], layers=[2], d_sae=64,
+                       l0_coefficients=[1e-3])  # fmt: skip
+    cfg = SuiteConfig(model_name="tiny-gemma3", entries=ok, training_tokens=10**6)
+    assert [e.hooks("tiny-gemma3") for e in cfg.entries] == [
+        ("blocks.2.mlp.hook_in", "blocks.2.hook_mlp_out"), ("blocks.2.hook_resid_post",)]

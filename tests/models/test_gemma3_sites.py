@@ -21,8 +21,6 @@ from gemma_scope_ext.models.text import sample_tokens
 
 TOL = 1e-4
 SITE_NAMES = ["res", "mlp", "att", "transcoder", "transcoder_skip"]
-HF_MODULE = {"res": "", "mlp": "post_feedforward_layernorm", "att": "self_attn.o_proj",
-             "transcoder": "pre_feedforward_layernorm"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -113,14 +111,53 @@ def test_transcoder_output_hook_is_the_mlp_output(site, reference, tl_cache, tin
         assert gap(out, reference[f"mlp{layer}"]) < TOL
 
 
-def test_the_table_names_gemma_scope_2s_hf_modules():
-    """Each site's HF module, as the test reads it, is the one Gemma Scope 2's configs record."""
+# One folder of each kind in a Gemma Scope 2 repo, and the site of the table it belongs to.
+FOLDERS = {"res": "resid_post/layer_{L}_width_16k_l0_small",
+           "mlp": "mlp_out/layer_{L}_width_16k_l0_small",
+           "att": "attn_out/layer_{L}_width_16k_l0_small",
+           "transcoder": "transcoder/layer_{L}_width_16k_l0_small",
+           "transcoder_skip": "transcoder/layer_{L}_width_16k_l0_small_affine"}  # fmt: skip
+
+
+def _hf_value(hf, point: str, tokens) -> torch.Tensor:
+    """The tensor at a Gemma Scope 2 ``hf_hook_point`` (``model.layers.3.X.output``/``.input``)."""
+    path, _, end = point.rpartition(".")
+    module = hf.get_submodule(path)
+    seen = {}
+
+    def keep(mod, args, output=None):
+        value = args[0] if end == "input" else output
+        seen["x"] = (value[0] if isinstance(value, tuple) else value).detach()
+
+    handle = (module.register_forward_pre_hook(keep) if end == "input"
+              else module.register_forward_hook(keep))  # fmt: skip
+    try:
+        with torch.no_grad():
+            hf(tokens)
+    finally:
+        handle.remove()
+    return seen["x"]
+
+
+@pytest.mark.parametrize("site", SITE_NAMES)
+def test_sites_equal_the_hf_hook_points_gemma_scope_2_records(site, tiny_gemma3_hf_model, tl_cache,
+                                                              tiny_gemma3_model, tokens):
+    """The hook points come from SAELens's reading of Gemma Scope 2 folders (what it uses when a
+    folder has no config.json), not from this test: every site, input and output, equals them."""
+    from sae_lens.loading.pretrained_sae_loaders import _infer_gemma_3_raw_cfg_dict
+
+    _, cache = tl_cache
+    layer = 3
+    raw = _infer_gemma_3_raw_cfg_dict("google/gemma-scope-2-1b-pt", FOLDERS[site].format(L=layer))
+    assert raw.get("affine_connection", False) == (site == "transcoder_skip")
+    points = [(raw["hf_hook_point_in"], hook_name(tiny_gemma3_model, site, layer))]
+    if "hf_hook_point_out" in raw:
+        points.append((raw["hf_hook_point_out"], hook_name_out(tiny_gemma3_model, site, layer)))
+    for point, hook in points:
+        ours = cache[hook]
+        ours = ours.flatten(-2) if hook.endswith("hook_z") else ours
+        assert gap(ours, _hf_value(tiny_gemma3_hf_model, point, tokens)) < TOL, (point, hook)
     assert set(SITES) == set(SITE_NAMES)
-    assert SITES["transcoder"].hook_in == "blocks.{layer}.mlp.hook_in"
-    assert {s.hook_out for s in SITES.values() if s.name.startswith("transcoder")} == {
-        "blocks.{layer}.hook_mlp_out"
-    }
-    assert HF_MODULE["transcoder"] == "pre_feedforward_layernorm"
 
 
 def test_post_gain_normalised_input_is_the_same_value(reference, tl_cache, tiny_gemma3_model):

@@ -51,6 +51,7 @@ def test_demo_reports_saves_and_prints_commands_that_work(tmp_path):
     assert again.returncode == 2 and "already holds a saved SAE" in again.stderr
     assert "training a" not in again.stdout
 
+@pytest.mark.slow  # half a minute; tests/cli/test_demo_gemma3.py checks the same run in-process
 def test_demo_runs_on_the_tiny_gemma3(tmp_path):
     sae_dir = tmp_path / "demo3" / "sae"
     out = run(["-m", "gemma_scope_cli", "demo", "--model", "tiny-gemma3", "--tokens", "8000",

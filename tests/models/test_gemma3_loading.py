@@ -77,3 +77,30 @@ def test_load_gemma3_offline_gives_a_clear_error(tmp_path, monkeypatch):
     model = load_model(TINY)
     assert "blocks.0.mlp.hook_in" in model.hook_dict
     assert model.cfg.attn_scale == pytest.approx(math.sqrt(32))
+
+
+def test_the_loader_corrects_the_27b_attention_scale(monkeypatch):
+    """load_gemma3 on a released name: TransformerLens's model (here its own 27b config, shrunk,
+    in place of the download) gets sqrt(168) in every block and the MLP-input hooks."""
+    import dataclasses
+
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens.loading_from_pretrained import convert_hf_model_config
+
+    asked = []
+
+    def from_pretrained_no_processing(name, **kwargs):
+        asked.append(name)
+        cfg = HookedTransformerConfig(**convert_hf_model_config(name))
+        small = dataclasses.replace(cfg, d_model=32, d_head=8, n_heads=4, n_key_value_heads=2,
+                                    d_mlp=64, d_vocab=64, n_ctx=32, n_layers=6, window_size=4,
+                                    attn_types=cfg.attn_types[:6], tokenizer_name=None)  # fmt: skip
+        return HookedTransformer(small, move_to_device=False)
+
+    monkeypatch.setattr(HookedTransformer, "from_pretrained_no_processing",
+                        staticmethod(from_pretrained_no_processing))  # fmt: skip
+    model = load_gemma3("gemma-3-27b-pt", device="cpu")
+    assert asked == ["google/gemma-3-27b-pt"]
+    assert model.cfg.attn_scale == pytest.approx(math.sqrt(168))
+    assert [b.attn.attn_scale for b in model.blocks] == [pytest.approx(math.sqrt(168))] * 6
+    assert hook_name(model, "transcoder", 5) in model.hook_dict

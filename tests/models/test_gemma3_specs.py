@@ -174,3 +174,21 @@ def test_rope_types_transformer_lens_cannot_convert_are_refused(tiny_gemma3_hf_m
 
     with pytest.raises(ValueError, match="rope_type 'yarn'"):
         tl_config_from_hf(Gemma3TextConfig(**cfg))
+
+
+def test_every_model_gemma_scope_2_names_is_in_the_table():
+    """SAELens's bundled list of Gemma Scope 2 releases names exactly the ten models of the table."""
+    from pathlib import Path
+
+    import sae_lens
+    import yaml
+
+    text = (Path(sae_lens.__file__).parent / "pretrained_saes.yaml").read_text()
+    releases = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    models = {r["model"] for name, r in releases.items() if name.startswith("gemma-scope-2-")}
+    assert {get_spec(m).name for m in models} == set(GEMMA3_MODELS)
+    # Each release's repo holds SAEs on the base or instruction-tuned model it names.
+    for name, r in releases.items():
+        if name.startswith("gemma-scope-2-"):
+            size, kind = r["repo_id"].removeprefix("google/gemma-scope-2-").split("-")
+            assert get_spec(r["model"]).name in (f"gemma-3-{size}-{kind}", f"gemma-3-{size}"), name

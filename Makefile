@@ -3,8 +3,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+MODEL ?= tiny-gemma2
 
-.PHONY: install demo test lint bench tiny-model tiny-sae catalog clean
+.PHONY: install demo test lint bench tiny-model tiny-model-gemma3 tiny-sae catalog clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -14,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/gemma-scope demo --overwrite
+	$(VENV)/bin/gemma-scope demo --overwrite --model $(MODEL)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check gemma_scope_ext gemma_scope_cli.py tests tutorials benchmarks tools
@@ -29,6 +30,10 @@ bench: $(STAMP)
 # Rebuild the embedded tiny Gemma 2 (minutes on CPU); its output is committed.
 tiny-model: $(STAMP)
 	$(PY) tools/make_tiny_gemma2.py
+
+# Rebuild the embedded tiny Gemma 3 from the tiny Gemma 2's corpus and tokenizer; committed too.
+tiny-model-gemma3: $(STAMP)
+	$(PY) tools/make_tiny_gemma3.py
 
 tiny-sae: $(STAMP)
 	$(PY) tools/make_tiny_sae.py

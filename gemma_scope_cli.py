@@ -23,7 +23,9 @@ def positive_int(text: str) -> int:
 
 
 def _add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="run the main job on the embedded tiny Gemma 2 (offline)")
+    p = sub.add_parser("demo", help="run the main job on an embedded tiny model (offline)")
+    p.add_argument("--model", default="tiny-gemma2",
+                   help="embedded tiny model to train on: tiny-gemma2 (default) or tiny-gemma3")
     p.add_argument("--prompt", default="Return the number of items in the list.",
                    help="text whose tokens' strongest latents are printed at the end")
     p.add_argument("--tokens", type=positive_int, default=300_000,

@@ -1,4 +1,5 @@
-"""Shared fixtures: the embedded tiny Gemma 2 (TransformerLens and Hugging Face) and token batches."""
+"""Shared fixtures: the embedded tiny Gemma 2 and Gemma 3 (TransformerLens and Hugging Face) and
+token batches."""
 
 from __future__ import annotations
 
@@ -13,7 +14,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from gemma_scope_ext.models.loading import tiny_gemma2, tiny_gemma2_hf  # noqa: E402
+from gemma_scope_ext.models.loading import (  # noqa: E402
+    tiny_gemma2,
+    tiny_gemma2_hf,
+    tiny_gemma3,
+    tiny_gemma3_hf,
+)
 from gemma_scope_ext.models.text import sample_tokens  # noqa: E402
 
 
@@ -34,6 +40,19 @@ def tiny_hf():
 def eval_tokens(tiny_model):
     """8 held-out rows of 64 tokens, each starting with BOS (longer than the sliding window)."""
     return sample_tokens(tiny_model.tokenizer, n_seqs=8, seq_len=64, split="eval")
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3_model():
+    """The tiny Gemma 3 as a HookedTransformer (fp32, CPU, with mlp.hook_in). Do not modify it."""
+    torch.set_grad_enabled(True)
+    return tiny_gemma3()
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3_hf_model():
+    """The same weights as a Hugging Face Gemma3ForCausalLM (eager attention)."""
+    return tiny_gemma3_hf()
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -49,3 +50,17 @@ def test_demo_reports_saves_and_prints_commands_that_work(tmp_path):
                             "--out", str(sae_dir)], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
     assert again.returncode == 2 and "already holds a saved SAE" in again.stderr
     assert "training a" not in again.stdout
+
+@pytest.mark.slow  # half a minute; tests/cli/test_demo_gemma3.py checks the same run in-process
+def test_demo_runs_on_the_tiny_gemma3(tmp_path):
+    sae_dir = tmp_path / "demo3" / "sae"
+    out = run(["-m", "gemma_scope_cli", "demo", "--model", "tiny-gemma3", "--tokens", "8000",
+               "--out", str(sae_dir)]).stdout  # fmt: skip
+    assert "of the tiny Gemma 3" in out
+    for what in ("L0", "FVU", "delta loss", "zero-ablation", "strongest latents"):
+        assert what in out
+    cfg = json.loads((sae_dir / "cfg.json").read_text())
+    assert (cfg["metadata"]["model_name"], cfg["metadata"]["hook_name"]) == (
+        "tiny-gemma3", "blocks.2.hook_resid_post")  # fmt: skip
+    commands = out.split("next, on the saved SAE:")[1].strip().splitlines()
+    assert all(c.split()[:4][2:] == ["--model", "tiny-gemma3"] for c in commands), commands

@@ -26,7 +26,7 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens.hook_points import HookPoint
 
-from gemma_scope_ext.models.sites import SITES
+from gemma_scope_ext.models.families import FAMILIES
 
 __all__ = ["SAEHookPoint", "SiteNodes", "Splice", "SplicedSite", "site_of", "skip_term", "splice"]
 
@@ -37,7 +37,7 @@ def site_of(hook: str) -> tuple[str, int | None]:
     >>> site_of("blocks.3.ln2.hook_normalized")
     ('transcoder', 3)
     """
-    for site in SITES.values():
+    for site in (s for family in FAMILIES.values() for s in family.sites.values()):
         pattern = re.escape(site.hook_in).replace(re.escape("{layer}"), r"(\d+)")
         match = re.fullmatch(pattern, hook)
         if match:

@@ -1,6 +1,6 @@
-"""``gemma-scope demo``: train a Gemma Scope JumpReLU SAE on the embedded tiny Gemma 2, offline.
+"""``gemma-scope demo``: train a Gemma Scope JumpReLU SAE on an embedded tiny model, offline.
 
-Trains on the residual stream after block 2 with SAELens's own runner and the Gemma Scope recipe
+The tiny Gemma 2 by default, the tiny Gemma 3 with ``--model tiny-gemma3``. Trains on the residual stream after block 2 with SAELens's own runner and the Gemma Scope recipe
 (shortened: a larger learning rate and shorter warm-ups for a one-minute run), then reports L0,
 FVU and delta loss on held-out text and the strongest latents on each token of a prompt. The SAE is
 saved to a folder (``--out``) and the demo ends with the commands that evaluate it and draw its
@@ -21,6 +21,8 @@ import torch
 
 LAYER = 2
 D_SAE = 1024
+DEFAULT_MODEL = "tiny-gemma2"
+FAMILY_NAMES = {"gemma2": "Gemma 2", "gemma3": "Gemma 3"}
 
 
 @contextlib.contextmanager
@@ -37,9 +39,10 @@ def _progress_every_step():
 
 
 def train_demo_sae(model, training_tokens: int = 200_000, seed: int = 0,
-                   output_path: str | None = None, overwrite: bool = False, d_sae: int = D_SAE):  # fmt: skip
-    """A JumpReLU SAE on ``blocks.{LAYER}.hook_resid_post`` of ``model``, trained offline and
-    saved to ``output_path`` (if given)."""
+                   output_path: str | None = None, overwrite: bool = False, d_sae: int = D_SAE,
+                   model_name: str = DEFAULT_MODEL):  # fmt: skip
+    """A JumpReLU SAE on ``blocks.{LAYER}.hook_resid_post`` of ``model`` (the embedded tiny model
+    called ``model_name``), trained offline and saved to ``output_path`` (if given)."""
     from datasets import Dataset
     from sae_lens import LanguageModelSAETrainingRunner
 
@@ -48,7 +51,7 @@ def train_demo_sae(model, training_tokens: int = 200_000, seed: int = 0,
 
     torch.manual_seed(seed)
     cfg = gemma_scope_sae_config(
-        "tiny-gemma2", "res", LAYER, d_sae,
+        model_name, "res", LAYER, d_sae,
         # The recipe's lr (7e-5) and warm-ups (1k and 10k steps) are sized for billions of
         # tokens; this run has a few hundred steps.
         training_tokens=training_tokens, train_batch_size_tokens=1024, lr=2e-3,
@@ -62,12 +65,14 @@ def train_demo_sae(model, training_tokens: int = 200_000, seed: int = 0,
         return runner.run()
 
 
-def next_commands(sae_dir: str | Path, out_root: str | Path) -> list[str]:
+def next_commands(sae_dir: str | Path, out_root: str | Path, model_name: str = DEFAULT_MODEL
+                  ) -> list[str]:  # fmt: skip
     """The commands to try next on the saved SAE, as a shell would take them."""
     sae, root = shlex.quote(str(sae_dir)), Path(out_root)
+    model = "" if model_name == DEFAULT_MODEL else f" --model {shlex.quote(model_name)}"
     return [
-        f"gemma-scope eval --sae {sae} --out {shlex.quote(str(root / 'eval'))}",
-        f"gemma-scope features --sae {sae} --out {shlex.quote(str(root / 'features'))}",
+        f"gemma-scope eval{model} --sae {sae} --out {shlex.quote(str(root / 'eval'))}",
+        f"gemma-scope features{model} --sae {sae} --out {shlex.quote(str(root / 'features'))}",
     ]
 
 
@@ -86,7 +91,8 @@ def _print_top_latents(model, sae, prompt: str, k: int = 3) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from gemma_scope_ext.evals.metrics import evaluate
-    from gemma_scope_ext.models.loading import tiny_gemma2
+    from gemma_scope_ext.models.families import get_spec, tiny_model_names
+    from gemma_scope_ext.models.loading import tiny_model
     from gemma_scope_ext.models.text import sample_tokens
 
     # SAELens warns that the override model/dataset make the run irreproducible from its config
@@ -96,17 +102,22 @@ def main(args: argparse.Namespace) -> int:
     from gemma_scope_ext.training.checks import check_output_folder
 
     n_tokens = getattr(args, "tokens", 300_000)  # absent when called without the CLI parser
+    model_name = getattr(args, "model", DEFAULT_MODEL)
+    if model_name not in tiny_model_names():
+        raise ValueError(f"the demo runs offline on an embedded tiny model; got {model_name!r}, "
+                         f"expected one of: {', '.join(tiny_model_names())}")
     sae_dir = Path(getattr(args, "out", "gemma_scope_demo/sae"))
     overwrite = bool(getattr(args, "overwrite", False))
     features_out = getattr(args, "features_out", None) or str(sae_dir.parent / "features")
     check_output_folder(sae_dir, overwrite, "--out folder")  # before any training
     if sae_dir.is_dir() and overwrite:
         print(f"replacing the SAE saved in {sae_dir} (--overwrite)")
-    model = tiny_gemma2()
+    model = tiny_model(model_name)
+    family = FAMILY_NAMES.get(get_spec(model_name).family, get_spec(model_name).family)
     print(f"training a {D_SAE}-latent JumpReLU SAE on blocks.{LAYER}.hook_resid_post of the tiny "
-          f"Gemma 2 ({n_tokens:,} tokens, Gemma Scope recipe)")  # fmt: skip
+          f"{family} ({n_tokens:,} tokens, Gemma Scope recipe)")  # fmt: skip
     sae = train_demo_sae(model, training_tokens=n_tokens, output_path=str(sae_dir),
-                         overwrite=overwrite)  # fmt: skip
+                         overwrite=overwrite, model_name=model_name)  # fmt: skip
     print(f"saved the SAE to {sae_dir.resolve()}")
     sae.eval()
     tokens = sample_tokens(model.tokenizer, n_seqs=16, seq_len=128, split="eval")
@@ -128,6 +139,6 @@ def main(args: argparse.Namespace) -> int:
         print(f"\nfeature dashboards of its latents ({int((data[0].fires > 0).sum())} of {D_SAE} "
               f"fired on {data[0].n_tokens:,} held-out tokens): open {index.resolve().as_uri()}")
     print("\nnext, on the saved SAE:")
-    for command in next_commands(sae_dir, sae_dir.parent):
+    for command in next_commands(sae_dir, sae_dir.parent, model_name):
         print(f"  {command}")
     return 0

@@ -10,16 +10,21 @@ from gemma_scope_ext.models.families import (
     tiny_spec,
 )
 from gemma_scope_ext.models.gemma2 import GEMMA2_MODELS, TINY_MODEL_NAME
+from gemma_scope_ext.models.gemma3 import GEMMA3_MODELS
 from gemma_scope_ext.models.loading import (
     hooked_from_hf,
     load_gemma2,
+    load_gemma3,
     load_model,
     tiny_gemma2,
     tiny_gemma2_hf,
+    tiny_gemma3,
+    tiny_gemma3_hf,
     tiny_model,
     tiny_model_hf,
     tiny_tokenizer,
 )
+from gemma_scope_ext.models.mlp_hooks import add_mlp_input_hooks
 from gemma_scope_ext.models.sites import (
     SITES,
     get_site,
@@ -34,12 +39,14 @@ from gemma_scope_ext.models.text import sample_texts, sample_tokens
 __all__ = [
     "FAMILIES",
     "GEMMA2_MODELS",
+    "GEMMA3_MODELS",
     "SITES",
     "TINY_MODEL_NAME",
     "Family",
     "Gemma2Spec",
     "ModelSpec",
     "Site",
+    "add_mlp_input_hooks",
     "family_of",
     "get_family",
     "get_site",
@@ -49,6 +56,7 @@ __all__ = [
     "hooked_from_hf",
     "known_models",
     "load_gemma2",
+    "load_gemma3",
     "load_model",
     "sample_texts",
     "sample_tokens",
@@ -57,6 +65,8 @@ __all__ = [
     "tiny_dir",
     "tiny_gemma2",
     "tiny_gemma2_hf",
+    "tiny_gemma3",
+    "tiny_gemma3_hf",
     "tiny_model",
     "tiny_model_hf",
     "tiny_spec",

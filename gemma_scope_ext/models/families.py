@@ -14,6 +14,7 @@ from typing import Any
 
 from gemma_scope_ext.models.gemma2 import FAMILY as GEMMA2
 from gemma_scope_ext.models.gemma2 import TINY_MODEL_NAME
+from gemma_scope_ext.models.gemma3 import FAMILY as GEMMA3
 from gemma_scope_ext.models.spec import Family, ModelSpec, spec_from_hf_config
 
 __all__ = [
@@ -23,10 +24,11 @@ __all__ = [
     "get_spec",
     "known_models",
     "tiny_dir",
+    "tiny_model_names",
     "tiny_spec",
 ]
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (GEMMA2,)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (GEMMA2, GEMMA3)}
 """Every supported model family by key."""
 
 
@@ -41,6 +43,11 @@ def known_models() -> list[str]:
     """Every model name ``get_spec`` accepts: released models, then the embedded tiny ones."""
     names = [m for f in FAMILIES.values() for m in f.models]
     return names + [f.tiny_model for f in FAMILIES.values()]
+
+
+def tiny_model_names() -> list[str]:
+    """The embedded tiny models, one per family (``tiny-gemma2``, ``tiny-gemma3``)."""
+    return [f.tiny_model for f in FAMILIES.values()]
 
 
 def tiny_dir(name: str = TINY_MODEL_NAME) -> Path:
@@ -65,16 +72,17 @@ def _tiny_family(name: str) -> Family:
 def family_of(architecture: str) -> Family:
     """The family whose Hugging Face models have this ``architectures[0]``."""
     for family in FAMILIES.values():
-        if family.hf_architecture == architecture:
+        if architecture in family.hf_architectures:
             return family
-    known = ", ".join(f.hf_architecture for f in FAMILIES.values())
+    known = ", ".join(a for f in FAMILIES.values() for a in f.hf_architectures)
     raise ValueError(f"no supported model family has architecture {architecture!r}; expected {known}")
 
 
 def get_spec(model: str | ModelSpec | Any) -> ModelSpec:
     """Resolve a model name, a spec, or a loaded TransformerLens model to its :class:`ModelSpec`.
 
-    Names may carry the ``google/`` prefix; ``"tiny-gemma2"`` is the embedded test model.
+    Names may carry the ``google/`` prefix; ``"tiny-gemma2"`` and ``"tiny-gemma3"`` are the
+    embedded test models.
     """
     if isinstance(model, ModelSpec):
         return model

@@ -4,9 +4,11 @@ Gemma Scope's SAEs read raw activations, so nothing is folded or centred. Each f
 Hugging Face config and weights become TransformerLens's (``Family.tl_config`` and
 ``Family.convert_weights``); this module only dispatches on the family.
 
-The tiny models (``tiny_gemma2()``) are Hugging Face models with the real architecture at toy size
-(for Gemma 2: 4 layers, GQA, sliding window 16, soft caps, query_pre_attn_scalar != head_dim),
-trained briefly on Python standard-library docstrings by ``tools/make_tiny_gemma2.py``. They go
+The tiny models (``tiny_gemma2()``, ``tiny_gemma3()``) are Hugging Face models with the real
+architecture at toy size (Gemma 2: 4 layers, GQA, sliding window 16, soft caps,
+query_pre_attn_scalar != head_dim; Gemma 3: 6 layers with global layers 2 and 5, qk-norm, two rope
+bases and linear rope scaling on global layers, the same GQA, window and scalar), trained briefly on
+Python standard-library docstrings by ``tools/make_tiny_gemma2.py`` and ``tools/make_tiny_gemma3.py``. They go
 through TransformerLens's own weight conversion, exactly the code path real weights take.
 """
 
@@ -19,13 +21,17 @@ import torch
 from gemma_scope_ext.devices import resolve_device
 from gemma_scope_ext.models.families import family_of, get_family, get_spec, tiny_dir
 from gemma_scope_ext.models.gemma2 import TINY_MODEL_NAME
+from gemma_scope_ext.models.gemma3 import TINY_MODEL_NAME as TINY_GEMMA3
 
 __all__ = [
     "hooked_from_hf",
     "load_gemma2",
+    "load_gemma3",
     "load_model",
     "tiny_gemma2",
     "tiny_gemma2_hf",
+    "tiny_gemma3",
+    "tiny_gemma3_hf",
     "tiny_model",
     "tiny_model_hf",
     "tiny_tokenizer",
@@ -61,11 +67,13 @@ def tiny_model_hf(name: str = TINY_MODEL_NAME, dtype: torch.dtype = torch.float3
 def hooked_from_hf(hf_model: Any, tokenizer: Any = None, *, dtype=torch.float32, device="cpu"):
     """Convert an HF model of a known family with TransformerLens's conversion, unprocessed.
 
-    No LayerNorm folding or weight centring: activations are raw, as Gemma Scope saw them.
+    No LayerNorm folding or weight centring: activations are raw, as Gemma Scope saw them. The
+    family finishes the model (Gemma 3: ``blocks.{L}.mlp.hook_in`` added).
     """
     from transformer_lens import HookedTransformer
 
-    family = family_of(hf_model.config.architectures[0])
+    # A model built from a config in memory has no architectures list until it is saved.
+    family = family_of((hf_model.config.architectures or [type(hf_model).__name__])[0])
     cfg = family.tl_config(hf_model.config, dtype=dtype, device=device)
     state_dict = family.convert_weights(hf_model, cfg)
     model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
@@ -77,6 +85,7 @@ def hooked_from_hf(hf_model: Any, tokenizer: Any = None, *, dtype=torch.float32,
         fold_value_biases=False,
         refactor_factored_attn_matrices=False,
     )
+    family.finish_model(model)
     return model.to(device, print_details=False).eval()
 
 
@@ -100,6 +109,16 @@ def tiny_gemma2_hf(dtype: torch.dtype = torch.float32):
     return tiny_model_hf(TINY_MODEL_NAME, dtype)
 
 
+def tiny_gemma3(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """The embedded tiny Gemma 3 as a ``HookedTransformer`` with its tokenizer; offline, ~1 s."""
+    return tiny_model(TINY_GEMMA3, device, dtype)
+
+
+def tiny_gemma3_hf(dtype: torch.dtype = torch.float32):
+    """The tiny Gemma 3 as a Hugging Face ``Gemma3ForCausalLM`` (eager attention)."""
+    return tiny_model_hf(TINY_GEMMA3, dtype)
+
+
 def load_model(
     name: str,
     device: str | torch.device | None = None,
@@ -108,7 +127,8 @@ def load_model(
 ):
     """A model of any known family as an unprocessed ``HookedTransformer``.
 
-    ``name`` is a released model (``gemma-2-2b``) or an embedded tiny one (``tiny-gemma2``). Weights
+    ``name`` is a released model (``gemma-2-2b``, ``gemma-3-1b-pt``) or an embedded tiny one
+    (``tiny-gemma2``, ``tiny-gemma3``). Weights
     come from the Hugging Face hub or its local cache; extra keyword arguments (e.g.
     ``first_n_layers``) go to TransformerLens.
     """
@@ -142,4 +162,23 @@ def load_gemma2(
     spec = get_spec(name)
     if spec.family != "gemma2":
         raise ValueError(f"{name!r} is a {spec.family} model, not Gemma 2; use load_model({name!r})")
+    return load_model(name, device, dtype, **kwargs)
+
+
+def load_gemma3(
+    name: str = "gemma-3-1b-pt",
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    **kwargs: Any,
+):
+    """A Gemma 3 as an unprocessed ``HookedTransformer``, ready for Gemma Scope 2.
+
+    ``name`` is a key of ``GEMMA3_MODELS`` or ``"tiny-gemma3"``; see :func:`load_model`. Two things
+    differ from ``HookedTransformer.from_pretrained_no_processing``: attention is scaled by
+    sqrt(query_pre_attn_scalar) (TransformerLens uses sqrt(d_head), wrong for 27b), and every MLP has
+    the ``blocks.{L}.mlp.hook_in`` hook that Gemma Scope 2's transcoders read.
+    """
+    spec = get_spec(name)
+    if spec.family != "gemma3":
+        raise ValueError(f"{name!r} is a {spec.family} model, not Gemma 3; use load_model({name!r})")
     return load_model(name, device, dtype, **kwargs)

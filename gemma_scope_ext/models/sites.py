@@ -1,7 +1,9 @@
 """Gemma Scope sites as TransformerLens hook names and widths, for any model of a known family.
 
-The tables are the families' (``gemma2.SITES`` for Gemma 2); these functions pick the table of the
-model's family. The names are shared by ``HookedTransformer`` and TransformerLens's
+The tables are the families' (``gemma2.SITES`` for Gemma 2, ``gemma3.SITES`` for Gemma 3); these
+functions pick the table of the model's family. Given a loaded model, they also check that it has
+the hook (Gemma 3's transcoders read ``mlp.hook_in``, which only the package's loader adds to a
+``HookedTransformer``). The names are shared by ``HookedTransformer`` and TransformerLens's
 ``TransformerBridge``.
 """
 
@@ -11,6 +13,7 @@ from typing import Any
 
 from gemma_scope_ext.models.families import get_family, get_spec
 from gemma_scope_ext.models.gemma2 import SITES
+from gemma_scope_ext.models.mlp_hooks import check_hook_present
 from gemma_scope_ext.models.spec import ModelSpec, Site
 
 __all__ = ["SITES", "Site", "get_site", "hook_name", "hook_name_out", "site_d_in", "site_d_out"]
@@ -46,14 +49,20 @@ def hook_name(model: str | ModelSpec | Any, site: str, layer: int | None = None)
     """
     spec = get_spec(model)
     s = get_site(spec, site)
-    return _format(spec, s, s.hook_in, layer)
+    return _checked(model, _format(spec, s, s.hook_in, layer))
 
 
 def hook_name_out(model: str | ModelSpec | Any, site: str, layer: int | None = None) -> str:
     """The hook whose value the SAE's output stands in for (the MLP output for a transcoder)."""
     spec = get_spec(model)
     s = get_site(spec, site)
-    return _format(spec, s, s.hook_out, layer)
+    return _checked(model, _format(spec, s, s.hook_out, layer))
+
+
+def _checked(model: str | ModelSpec | Any, name: str) -> str:
+    if not isinstance(model, str | ModelSpec):
+        check_hook_present(model, name)
+    return name
 
 
 def site_d_in(model: str | ModelSpec | Any, site: str) -> int:

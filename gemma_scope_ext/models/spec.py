@@ -115,6 +115,10 @@ class Site:
     """What Gemma Scope trained on, in words."""
 
 
+def _leave_as_is(model: Any) -> None:
+    """The default ``Family.finish_model``: the converted model is complete."""
+
+
 @dataclass(frozen=True)
 class Family:
     """A model family: its models, Gemma Scope's sites on it, and how TransformerLens loads it."""
@@ -135,3 +139,14 @@ class Family:
     """``convert_weights(hf_model, tl_cfg)``: TransformerLens state dict of an HF model."""
     load_pretrained: Callable[..., Any]
     """``load_pretrained(spec, device=..., dtype=..., **kwargs)``: a released model, unprocessed."""
+    other_architectures: tuple[str, ...] = ()
+    """Further ``architectures[0]`` values of the family (multimodal wrappers of the same text
+    model, e.g. ``"Gemma3ForConditionalGeneration"``)."""
+    finish_model: Callable[[Any], None] = _leave_as_is
+    """``finish_model(model)``: what the family's loader does to a converted ``HookedTransformer``
+    before handing it out (Gemma 3: add the hook points its transcoders read)."""
+
+    @property
+    def hf_architectures(self) -> tuple[str, ...]:
+        """Every ``architectures[0]`` of this family's Hugging Face models."""
+        return (self.hf_architecture, *self.other_architectures)

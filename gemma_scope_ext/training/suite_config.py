@@ -137,11 +137,18 @@ class SuiteConfig:
         for e in self.entries:
             if e.kind not in KINDS:
                 raise ValueError(f"entry kind must be one of {KINDS}, got {e.kind!r}")
-            get_site(spec, e.site)  # unknown sites fail here, with the list of known ones
+            site = get_site(spec, e.site)  # unknown sites fail here, with the list of known ones
             if (e.kind == "transcoder") != (e.site == "transcoder"):
                 raise ValueError(
                     f"entry {e.name}: kind {e.kind!r} at site {e.site!r}; a transcoder lives at "
                     "site 'transcoder' and an SAE at res, mlp, att or embedding"
+                )
+            if e.kind == "sae" and site.hook_in != site.hook_out:
+                raise ValueError(
+                    f"entry {e.name}: site {e.site!r} maps {hook_name(spec, e.site, e.layer)} to "
+                    f"{hook_name_out(spec, e.site, e.layer)}, which "
+                    "an SAE cannot; suites train transcoders at site 'transcoder' (without a skip "
+                    "connection)"
                 )
             e.hooks(spec)  # layer range and presence checked
             if e.d_sae < 1 or e.l0_coefficient < 0:

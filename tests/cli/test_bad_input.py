@@ -111,3 +111,13 @@ def test_results_are_printed_before_a_write_that_fails(tmp_path, sae_dir, monkey
     assert code == 2
     assert "| docstrings | tiny |" in out.out  # the table made it out
     assert "Permission denied" in out.err and "Traceback" not in out.err
+
+
+def test_demo_runs_only_on_an_embedded_tiny_model(tmp_path, capsys, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the bad input was refused")
+
+    monkeypatch.setattr("gemma_scope_ext.models.loading.tiny_model", refuse)
+    code = gemma_scope_cli.main(["demo", "--model", "gemma-3-1b-pt", "--out", str(tmp_path / "s")])
+    assert code == 2
+    assert "expected one of: tiny-gemma2, tiny-gemma3" in capsys.readouterr().err

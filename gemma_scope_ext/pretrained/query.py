@@ -37,9 +37,8 @@ def _closest(value: str, valid: Iterable[str]) -> str:
 
 def _n_layers(model: str) -> int:
     from gemma_scope_ext.models.families import get_spec
-    from gemma_scope_ext.pretrained.gemma3_shapes import GEMMA3_MODELS, gemma3_spec
 
-    return (gemma3_spec(model) if model in GEMMA3_MODELS else get_spec(model)).n_layers
+    return get_spec(model).n_layers
 
 
 def _generation(generation: object) -> int | None:

@@ -1,4 +1,7 @@
-"""Loading models as unprocessed TransformerLens ``HookedTransformer``s: embedded tiny ones and real ones.
+"""Loading models as unprocessed TransformerLens models: embedded tiny ones and real ones.
+
+Each loader gives a ``HookedTransformer`` by default and a ``TransformerBridge`` (TransformerLens 4's
+only model class) with ``as_bridge=True``; both carry the same hooks with the same values.
 
 Gemma Scope's SAEs read raw activations, so nothing is folded or centred. Each family says how its
 Hugging Face config and weights become TransformerLens's (``Family.tl_config`` and
@@ -17,6 +20,8 @@ from typing import Any
 import torch
 
 from gemma_scope_ext.devices import resolve_device
+from gemma_scope_ext.models import hooked
+from gemma_scope_ext.models.backend import bridge_from_hf, bridge_from_pretrained
 from gemma_scope_ext.models.families import family_of, get_family, get_spec, tiny_dir
 from gemma_scope_ext.models.gemma2 import TINY_MODEL_NAME
 
@@ -63,36 +68,32 @@ def hooked_from_hf(hf_model: Any, tokenizer: Any = None, *, dtype=torch.float32,
 
     No LayerNorm folding or weight centring: activations are raw, as Gemma Scope saw them.
     """
-    from transformer_lens import HookedTransformer
-
     family = family_of(hf_model.config.architectures[0])
     cfg = family.tl_config(hf_model.config, dtype=dtype, device=device)
-    state_dict = family.convert_weights(hf_model, cfg)
-    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
-    model.load_and_process_state_dict(
-        state_dict,
-        fold_ln=False,
-        center_writing_weights=False,
-        center_unembed=False,
-        fold_value_biases=False,
-        refactor_factored_attn_matrices=False,
-    )
-    return model.to(device, print_details=False).eval()
+    return hooked.build_hooked(cfg, family.convert_weights(hf_model, cfg), tokenizer, device)
 
 
 def tiny_model(
     name: str = TINY_MODEL_NAME,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    as_bridge: bool = False,
 ):
-    """An embedded tiny model as a ``HookedTransformer`` with its tokenizer; offline, ~1 s."""
+    """An embedded tiny model with its tokenizer; offline, ~1 s.
+
+    A ``HookedTransformer``, or with ``as_bridge`` a ``TransformerBridge`` on the same weights.
+    """
     hf = tiny_model_hf(name, dtype)
+    if as_bridge:
+        return bridge_from_hf(hf, tiny_tokenizer(name), str(tiny_dir(name)), str(device))
     return hooked_from_hf(hf, tiny_tokenizer(name), dtype=dtype, device=str(device))
 
 
-def tiny_gemma2(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-    """The embedded tiny Gemma 2 as a ``HookedTransformer`` with its tokenizer; offline, ~1 s."""
-    return tiny_model(TINY_MODEL_NAME, device, dtype)
+def tiny_gemma2(
+    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, as_bridge: bool = False
+):
+    """The embedded tiny Gemma 2 with its tokenizer (a bridge with ``as_bridge``); offline, ~1 s."""
+    return tiny_model(TINY_MODEL_NAME, device, dtype, as_bridge)
 
 
 def tiny_gemma2_hf(dtype: torch.dtype = torch.float32):
@@ -104,21 +105,25 @@ def load_model(
     name: str,
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
+    as_bridge: bool = False,
     **kwargs: Any,
 ):
-    """A model of any known family as an unprocessed ``HookedTransformer``.
+    """A model of any known family as an unprocessed ``HookedTransformer`` (or ``TransformerBridge``).
 
     ``name`` is a released model (``gemma-2-2b``) or an embedded tiny one (``tiny-gemma2``). Weights
     come from the Hugging Face hub or its local cache; extra keyword arguments (e.g.
-    ``first_n_layers``) go to TransformerLens.
+    ``first_n_layers``) go to TransformerLens. ``as_bridge`` boots a ``TransformerBridge`` instead,
+    with raw weights (no compatibility mode, which would fold the norms Gemma Scope reads).
     """
     spec = get_spec(name)
     family = get_family(spec.family)
     tiny = spec.name == family.tiny_model
     device = resolve_device(device, default_cpu=tiny)
     if tiny:
-        return tiny_model(spec.name, device, dtype)
+        return tiny_model(spec.name, device, dtype, as_bridge)
     try:
+        if as_bridge:
+            return bridge_from_pretrained(spec.hf_name, device, dtype, **kwargs)
         return family.load_pretrained(spec, device=device, dtype=dtype, **kwargs)
     except OSError as err:  # HF raises OSError subclasses when offline or unauthorised
         raise RuntimeError(
@@ -133,13 +138,15 @@ def load_gemma2(
     name: str = "gemma-2-2b",
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
+    as_bridge: bool = False,
     **kwargs: Any,
 ):
     """A Gemma 2 as an unprocessed ``HookedTransformer`` (``from_pretrained_no_processing``).
 
-    ``name`` is a key of ``GEMMA2_MODELS`` or ``"tiny-gemma2"``; see :func:`load_model`.
+    ``name`` is a key of ``GEMMA2_MODELS`` or ``"tiny-gemma2"``; ``as_bridge=True`` gives a
+    ``TransformerBridge``; see :func:`load_model`.
     """
     spec = get_spec(name)
     if spec.family != "gemma2":
         raise ValueError(f"{name!r} is a {spec.family} model, not Gemma 2; use load_model({name!r})")
-    return load_model(name, device, dtype, **kwargs)
+    return load_model(name, device, dtype, as_bridge, **kwargs)

@@ -53,16 +53,16 @@ def mlp_of(model, x: torch.Tensor) -> torch.Tensor:
         return block.ln2_post(block.mlp((x * block.ln2.w)[None]))[0]
 
 
-def test_pairs_stay_aligned_through_shuffling(tiny_model, dataset) -> None:
+def test_pairs_stay_aligned_through_shuffling(kind_model, tiny_model, dataset) -> None:
     torch.manual_seed(0)
-    store = make_store(tiny_model, dataset)
+    store = make_store(kind_model, dataset)
     x, y = split_pairs(torch.cat([next(store) for _ in range(3)]), 128)
     assert x.shape == y.shape == (192, 128)
     torch.testing.assert_close(y, mlp_of(tiny_model, x), rtol=1e-5, atol=1e-5)
     # The check discriminates: pairing each input with its neighbour's target fails it.
     assert (y.roll(1, 0) - mlp_of(tiny_model, x)).abs().max() > 0.1
     # And the rows really were shuffled: an unshuffled store serves them in another order.
-    ordered = make_store(tiny_model, dataset, activations_mixing_fraction=0.0).next_pair().x
+    ordered = make_store(kind_model, dataset, activations_mixing_fraction=0.0).next_pair().x
     assert not torch.equal(x[:64], ordered)
 
 
@@ -132,18 +132,18 @@ def reference_losses(model, transcoder, tokens: torch.Tensor) -> dict[str, float
         }
 
 
-def test_evaluator_losses_equal_a_plain_hooks_reference(tiny_model, dataset) -> None:
+def test_evaluator_losses_equal_a_plain_hooks_reference(kind_model, dataset) -> None:
     torch.manual_seed(3)
     tc = GemmaScopeTrainingTranscoder(GemmaScopeTrainingTranscoderConfig(d_in=128, d_sae=64))
-    x, y = make_store(tiny_model, dataset).next_pair()
+    x, y = make_store(kind_model, dataset).next_pair()
     tc.estimate_scales(x, y)  # outputs of the MLP's size, so the splice moves the loss modestly
     tc.eval()
-    evaluator = TranscoderEvaluator(tiny_model, make_store(tiny_model, dataset), 2, 4)
+    evaluator = TranscoderEvaluator(kind_model, make_store(kind_model, dataset), 2, 4)
     metrics = evaluator(tc)
     # An identical store replays the same token stream for the reference.
-    tokens = TranscoderEvaluator(tiny_model, make_store(tiny_model, dataset), 2, 4).eval_tokens()
+    tokens = TranscoderEvaluator(kind_model, make_store(kind_model, dataset), 2, 4).eval_tokens()
     assert tokens.shape == (8, 32)
-    ref = reference_losses(tiny_model, tc, tokens)
+    ref = reference_losses(kind_model, tc, tokens)
     key = "model_performance_preservation/"
     assert metrics[key + "ce_loss_without_sae"] == pytest.approx(ref["clean"], abs=1e-4)
     assert metrics[key + "ce_loss_with_sae"] == pytest.approx(ref["spliced"], abs=1e-4)
@@ -153,7 +153,7 @@ def test_evaluator_losses_equal_a_plain_hooks_reference(tiny_model, dataset) -> 
     assert abs(ref["spliced"] - ref["clean"]) > 1e-3  # the splice did change the loss
     # FVU against the target at the output hook, not the input.
     keep = ~torch.isin(tokens, SPECIAL)
-    _, cache = tiny_model.run_with_cache(tokens, names_filter=[HOOK_IN, HOOK_OUT])
+    _, cache = kind_model.run_with_cache(tokens, names_filter=[HOOK_IN, HOOK_OUT])
     xi, yo = cache[HOOK_IN][keep], cache[HOOK_OUT][keep]
     with torch.no_grad():
         fvu = (yo - tc(xi)).pow(2).sum() / (yo - yo.mean(0)).pow(2).sum()
@@ -182,7 +182,9 @@ def objective(tc, x, y, lam) -> float:
         return float(tc.training_forward_pass(step).loss)
 
 
-def test_runner_trains_a_transcoder_end_to_end(tiny_model, dataset, tmp_path, monkeypatch) -> None:
+def test_runner_trains_a_transcoder_end_to_end(
+    kind_model, tiny_model, dataset, tmp_path, monkeypatch
+) -> None:
     monkeypatch.setenv("WANDB_MODE", "disabled")  # logging on (so evals run), nothing sent
     torch.manual_seed(4)
     lam = 2e-3
@@ -194,7 +196,7 @@ def test_runner_trains_a_transcoder_end_to_end(tiny_model, dataset, tmp_path, mo
         output_path=str(tmp_path), n_eval_batches=1, eval_batch_size_prompts=4, logger=logger,
     )  # fmt: skip
     assert cfg.logger is logger and logger.run_name.startswith("gemma_scope_jumprelu_transcoder")
-    runner = TranscoderTrainingRunner(cfg, override_model=tiny_model, override_dataset=dataset)
+    runner = TranscoderTrainingRunner(cfg, override_model=kind_model, override_dataset=dataset)
     initial = copy.deepcopy(runner.sae)
     logged = []  # what SAETrainer receives from the runner's evaluator every 100 steps
     evaluator = runner.evaluator
@@ -205,7 +207,7 @@ def test_runner_trains_a_transcoder_end_to_end(tiny_model, dataset, tmp_path, mo
             "model_performance_preservation/ce_loss_with_mean_ablation"} <= set(logged[-1])
 
     # The training objective on held-out pairs falls (same scalars, final lambda).
-    held_out = make_store(tiny_model, datasets.Dataset.from_dict(
+    held_out = make_store(kind_model, datasets.Dataset.from_dict(
         {"text": sample_texts("eval", 100)}), train_batch_size_tokens=256, n_batches_in_buffer=16).next_pair()  # fmt: skip
     initial.input_scale.copy_(trained.input_scale)
     initial.target_scale.copy_(trained.target_scale)
@@ -214,7 +216,7 @@ def test_runner_trains_a_transcoder_end_to_end(tiny_model, dataset, tmp_path, mo
     assert after < 0.5 * before
 
     # Spliced in, it costs far less than removing the MLP.
-    tokens = sample_tokens(tiny_model.tokenizer, 16, 32, "eval")
+    tokens = sample_tokens(kind_model.tokenizer, 16, 32, "eval")
     result = evaluator.evaluate(trained, tokens)
     zero_delta = result.zero_ablation_loss - result.clean_loss
     assert result.delta_loss < 0.5 * zero_delta
@@ -229,9 +231,9 @@ def test_runner_trains_a_transcoder_end_to_end(tiny_model, dataset, tmp_path, mo
 
     # Spliced with HookedSAETransformer: the error term restores the clean logits exactly.
     hst = HookedSAETransformer(tiny_model.cfg, tokenizer=tiny_model.tokenizer)
-    hst.load_state_dict(tiny_model.state_dict())
+    hst.load_state_dict(tiny_model.state_dict())  # the same weights as either kind
     with torch.no_grad():
-        clean = tiny_model(tokens)
+        clean = kind_model(tokens)
         hst.add_sae(loaded, use_error_term=True)
         torch.testing.assert_close(hst(tokens), clean, rtol=1e-4, atol=1e-4)
         hst.reset_saes()

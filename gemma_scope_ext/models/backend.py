@@ -61,8 +61,9 @@ def is_bridge(model: Any) -> bool:
 def bridge_from_hf(hf_model: Any, tokenizer: Any, name_or_path: str, device: str = "cpu"):
     """Boot a ``TransformerBridge`` around a loaded HF model: raw weights, no compatibility mode.
 
-    Compatibility mode folds norms and centres weights, which would change the raw activations
-    Gemma Scope's SAEs read, so it is never turned on.
+    Compatibility mode is never turned on: it folds each norm's gain into the next weights, which
+    moves the activations after a gain (``blocks.L.mlp.hook_in``, and ``unembed.hook_in``, which
+    the attribution graph reads) away from the HookedTransformer's raw ones.
     """
     from transformer_lens.model_bridge import TransformerBridge
 

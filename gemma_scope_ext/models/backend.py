@@ -1,7 +1,7 @@
 """The two TransformerLens model kinds behind one small interface: HookedTransformer and TransformerBridge.
 
 Both expose Gemma Scope's hooks under the same names with the same values, but they differ in
-four ways that matter here, and only this module knows it:
+five ways that matter here, and only this module knows it:
 
 - A bridge hook's ``.name`` is its internal name (``blocks.L.hook_mlp_out`` reports
   ``blocks.L.ln2_post.hook_out``), so a hook function must not key results by ``hook.name``: bind
@@ -11,6 +11,8 @@ four ways that matter here, and only this module knows it:
   (:func:`replace_hook_points`).
 - The bridge's forward refuses ``start_at_layer`` (Hugging Face owns the layer loop):
   :func:`run_from_block` runs the whole forward there, with the same result.
+- A HookedTransformer holds Gemma's RMSNorm gain as ``1 + w`` in ``norm.w``; a bridge holds the
+  raw ``w`` and says so with ``cfg.rmsnorm_uses_offset`` (:func:`norm_gain` gives the gain).
 - On the bridge ``blocks.L.hook_resid_mid`` is ``ln2.hook_in``, which feeds only the pre-MLP norm:
   an edit there never reaches the residual stream, so writing to it is refused
   (:func:`check_writable`).
@@ -36,6 +38,7 @@ __all__ = [
     "distinct_hooks",
     "hooks_by_name",
     "is_bridge",
+    "norm_gain",
     "replace_hook_points",
     "restore_hook_points",
     "run_from_block",
@@ -58,7 +61,8 @@ def is_bridge(model: Any) -> bool:
     return isinstance(model, TransformerBridge)
 
 
-def bridge_from_hf(hf_model: Any, tokenizer: Any, name_or_path: str, device: str = "cpu"):
+def bridge_from_hf(hf_model: Any, tokenizer: Any, name_or_path: str, device: str = "cpu",
+                   model_name: str | None = None):
     """Boot a ``TransformerBridge`` around a loaded HF model: raw weights, no compatibility mode.
 
     Compatibility mode is never turned on: it folds each norm's gain into the next weights, which
@@ -71,19 +75,35 @@ def bridge_from_hf(hf_model: Any, tokenizer: Any, name_or_path: str, device: str
         name_or_path, hf_model=hf_model.to(device), tokenizer=tokenizer, device=device,
         dtype=next(hf_model.parameters()).dtype,
     )  # fmt: skip
+    if model_name is not None:  # the short name HookedTransformer reports, not the folder
+        bridge.cfg.model_name = model_name
     return bridge.eval()
 
 
-def bridge_from_pretrained(hf_name: str, device: str, dtype: torch.dtype, **kwargs: Any):
+def bridge_from_pretrained(hf_name: str, device: str, dtype: torch.dtype, model_name: str,
+                           **kwargs: Any):
     """A released model as a ``TransformerBridge`` from the hub or its local cache.
 
-    ``first_n_layers=k`` keeps the first k blocks, as ``HookedTransformer.from_pretrained`` does.
+    ``first_n_layers=k`` keeps the first k blocks, as ``HookedTransformer.from_pretrained`` does;
+    ``cfg.model_name`` is ``model_name`` (``gemma-2-2b``), as a HookedTransformer's is.
     """
     from transformer_lens.model_bridge import TransformerBridge
 
     if (n := kwargs.pop("first_n_layers", None)) is not None:
         kwargs.setdefault("hf_config_overrides", {})["num_hidden_layers"] = n
-    return TransformerBridge.boot_transformers(hf_name, device=device, dtype=dtype, **kwargs).eval()
+    bridge = TransformerBridge.boot_transformers(hf_name, device=device, dtype=dtype, **kwargs)
+    bridge.cfg.model_name = model_name
+    return bridge.eval()
+
+
+def norm_gain(model: Any, norm: Any) -> torch.Tensor | None:
+    """The gain an RMSNorm module multiplies by (Gemma's ``1 + w``), or None if it has none."""
+    w = getattr(norm, "w", None)
+    if w is None:
+        return None
+    if is_bridge(model) and getattr(model.cfg, "rmsnorm_uses_offset", False):
+        return w + 1.0  # the bridge keeps the Hugging Face weight w; the norm applies 1 + w
+    return w
 
 
 def check_writable(model: Any, name: str) -> None:

@@ -85,7 +85,7 @@ def tiny_model(
     """
     hf = tiny_model_hf(name, dtype)
     if as_bridge:
-        return bridge_from_hf(hf, tiny_tokenizer(name), str(tiny_dir(name)), str(device))
+        return bridge_from_hf(hf, tiny_tokenizer(name), str(tiny_dir(name)), str(device), name)
     return hooked_from_hf(hf, tiny_tokenizer(name), dtype=dtype, device=str(device))
 
 
@@ -123,7 +123,7 @@ def load_model(
         return tiny_model(spec.name, device, dtype, as_bridge)
     try:
         if as_bridge:
-            return bridge_from_pretrained(spec.hf_name, device, dtype, **kwargs)
+            return bridge_from_pretrained(spec.hf_name, device, dtype, spec.name, **kwargs)
         return family.load_pretrained(spec, device=device, dtype=dtype, **kwargs)
     except OSError as err:  # HF raises OSError subclasses when offline or unauthorised
         raise RuntimeError(

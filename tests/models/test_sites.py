@@ -14,7 +14,8 @@ import dataclasses
 import pytest
 import torch
 
-from gemma_scope_ext import SITES, hook_name, hook_name_out, site_d_in
+from gemma_scope_ext import SITES, get_spec, hook_name, hook_name_out, site_d_in
+from gemma_scope_ext.models import tiny_spec
 from gemma_scope_ext.models.backend import MODEL_KINDS
 from gemma_scope_ext.models.gemma2 import tl_config_from_hf
 
@@ -79,6 +80,7 @@ def tl_cache(request, eval_tokens):
 
 
 def test_site_names_are_the_same_on_a_bridge(tiny_model, tiny_bridge):
+    assert get_spec(tiny_bridge) == get_spec(tiny_model) == tiny_spec()
     for site, s in SITES.items():
         for layer in range(tiny_model.cfg.n_layers) if s.per_layer else [None]:
             names = hook_name(tiny_bridge, site, layer), hook_name_out(tiny_bridge, site, layer)

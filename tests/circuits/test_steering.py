@@ -9,6 +9,7 @@ from sae_lens.saes.sae import SAEMetadata
 
 from gemma_scope_ext.circuits.attribution import logit_diff
 from gemma_scope_ext.circuits.steering import clamp, steer
+from gemma_scope_ext.models.backend import norm_gain
 
 POS = 14
 HOOK = "blocks.2.hook_resid_post"
@@ -84,18 +85,18 @@ def test_steering_moves_the_metric_as_the_gradient_predicts(tiny_model, setup):
         assert change * c * float(dots[k]) > 0
 
 
-def test_steering_applies_during_generation(tiny_model, setup):
+def test_steering_applies_during_generation(kind_model, setup):
     tokens, cache, _, _ = setup
-    last = f"blocks.{tiny_model.cfg.n_layers - 1}.hook_resid_post"
+    last = f"blocks.{kind_model.cfg.n_layers - 1}.hook_resid_post"
     sae = random_sae(cache, last)
-    w_u = tiny_model.W_U.detach()
+    w_u = kind_model.W_U.detach()
     tok = int(w_u.norm(dim=0).argmax())  # no other column can outscore it against itself
     with torch.no_grad():
-        sae.W_dec[0] = w_u[:, tok] / tiny_model.ln_final.w.detach()
+        sae.W_dec[0] = w_u[:, tok] / norm_gain(kind_model, kind_model.ln_final).detach()
     prompt = tokens[:, :8]
-    plain = tiny_model.generate(prompt, max_new_tokens=4, do_sample=False, verbose=False)
-    with steer(tiny_model, sae, 0, 1e3):
-        steered = tiny_model.generate(prompt, max_new_tokens=4, do_sample=False, verbose=False)
+    plain = kind_model.generate(prompt, max_new_tokens=4, do_sample=False, verbose=False)
+    with steer(kind_model, sae, 0, 1e3):
+        steered = kind_model.generate(prompt, max_new_tokens=4, do_sample=False, verbose=False)
     assert steered[0, 8:].tolist() == [tok] * 4
     assert plain[0, 8:].tolist() != [tok] * 4
 

@@ -20,6 +20,7 @@ vmapped backward; the forward checks that the two agree.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple
@@ -215,8 +216,11 @@ def frozen_forward(model: Any, saes: Sequence[Any], tokens: Int[Tensor, "1 pos"]
     # The names the SAEs use first: where two names reach one point (a bridge), theirs is kept.
     ordered = sorted(names, key=lambda n: (n not in readers and n not in writers, n))
     with _flat_inputs(saes):
-        with _frozen_parameters(model), torch.enable_grad(), \
+        with _frozen_parameters(model), torch.enable_grad(), warnings.catch_warnings(), \
                 model.hooks(fwd_hooks=hooks_by_name(distinct_hooks(model, ordered), hook)):
+            # A bridge warns that edited norm scales replace its native norm: freezing them is
+            # the point here.
+            warnings.filterwarnings("ignore", message=".*edited hook_scale/hook_normalized")
             logits = model(tokens)
         sites = []
         with torch.no_grad():

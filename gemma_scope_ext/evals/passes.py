@@ -2,7 +2,8 @@
 
 Shared by the metrics and anything else that evaluates a splice. Activations at ``hook_z`` are
 handed to SAEs flattened head-major, and a pass whose replacement sits in a block resumes from the
-clean residual entering that block (everything before it is unchanged).
+clean residual entering that block (everything before it is unchanged) on a HookedTransformer; a
+TransformerBridge cannot resume and runs the whole forward, with the same result.
 """
 
 from __future__ import annotations

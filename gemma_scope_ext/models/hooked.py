@@ -20,18 +20,8 @@ __all__ = [
     "convert_gemma_weights",
     "from_pretrained_no_processing",
     "hooked_config",
-    "is_hooked",
     "set_hook_module",
 ]
-
-
-def is_hooked(model: Any) -> bool:
-    """Whether ``model`` is a ``HookedTransformer`` (False under TransformerLens 4, which has none)."""
-    try:
-        from transformer_lens import HookedTransformer
-    except ImportError:
-        return False
-    return isinstance(model, HookedTransformer)
 
 
 def hooked_config(base_model: str, **overrides: Any):

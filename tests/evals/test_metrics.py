@@ -97,7 +97,10 @@ def reference(model, sae, tokens, hook_in, hook_out):
         }
 
 
-@pytest.mark.parametrize("site", list(HOOKS))
+# Every site on the HookedTransformer; on the bridge the two whose hooks differ most from its
+# internal names (hook_embed, and hook_z, 4-d over the heads); test_kinds.py compares the rest.
+@pytest.mark.parametrize(("model_kind", "site"), [*(("hooked", s) for s in HOOKS),
+                                                  ("bridge", "att"), ("bridge", "embedding")])
 def test_metrics_equal_plain_hooks(kind_model, eval_tokens, site):
     hook = HOOKS[site]
     sae = random_jumprelu(kind_model, eval_tokens, hook)

@@ -182,9 +182,7 @@ def objective(tc, x, y, lam) -> float:
         return float(tc.training_forward_pass(step).loss)
 
 
-def test_runner_trains_a_transcoder_end_to_end(
-    kind_model, tiny_model, dataset, tmp_path, monkeypatch
-) -> None:
+def test_runner_trains_a_transcoder_end_to_end(tiny_model, dataset, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "disabled")  # logging on (so evals run), nothing sent
     torch.manual_seed(4)
     lam = 2e-3
@@ -196,7 +194,7 @@ def test_runner_trains_a_transcoder_end_to_end(
         output_path=str(tmp_path), n_eval_batches=1, eval_batch_size_prompts=4, logger=logger,
     )  # fmt: skip
     assert cfg.logger is logger and logger.run_name.startswith("gemma_scope_jumprelu_transcoder")
-    runner = TranscoderTrainingRunner(cfg, override_model=kind_model, override_dataset=dataset)
+    runner = TranscoderTrainingRunner(cfg, override_model=tiny_model, override_dataset=dataset)
     initial = copy.deepcopy(runner.sae)
     logged = []  # what SAETrainer receives from the runner's evaluator every 100 steps
     evaluator = runner.evaluator
@@ -207,7 +205,7 @@ def test_runner_trains_a_transcoder_end_to_end(
             "model_performance_preservation/ce_loss_with_mean_ablation"} <= set(logged[-1])
 
     # The training objective on held-out pairs falls (same scalars, final lambda).
-    held_out = make_store(kind_model, datasets.Dataset.from_dict(
+    held_out = make_store(tiny_model, datasets.Dataset.from_dict(
         {"text": sample_texts("eval", 100)}), train_batch_size_tokens=256, n_batches_in_buffer=16).next_pair()  # fmt: skip
     initial.input_scale.copy_(trained.input_scale)
     initial.target_scale.copy_(trained.target_scale)
@@ -216,7 +214,7 @@ def test_runner_trains_a_transcoder_end_to_end(
     assert after < 0.5 * before
 
     # Spliced in, it costs far less than removing the MLP.
-    tokens = sample_tokens(kind_model.tokenizer, 16, 32, "eval")
+    tokens = sample_tokens(tiny_model.tokenizer, 16, 32, "eval")
     result = evaluator.evaluate(trained, tokens)
     zero_delta = result.zero_ablation_loss - result.clean_loss
     assert result.delta_loss < 0.5 * zero_delta
@@ -231,9 +229,9 @@ def test_runner_trains_a_transcoder_end_to_end(
 
     # Spliced with HookedSAETransformer: the error term restores the clean logits exactly.
     hst = HookedSAETransformer(tiny_model.cfg, tokenizer=tiny_model.tokenizer)
-    hst.load_state_dict(tiny_model.state_dict())  # the same weights as either kind
+    hst.load_state_dict(tiny_model.state_dict())
     with torch.no_grad():
-        clean = kind_model(tokens)
+        clean = tiny_model(tokens)
         hst.add_sae(loaded, use_error_term=True)
         torch.testing.assert_close(hst(tokens), clean, rtol=1e-4, atol=1e-4)
         hst.reset_saes()

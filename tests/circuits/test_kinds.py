@@ -84,3 +84,24 @@ def test_writing_resid_mid_is_refused_on_a_bridge(tiny_model, tiny_bridge, eval_
         moved[kind] = float((edited - clean).abs().max().detach())
     assert moved["hooked"] > 1.0
     assert moved["bridge"] < 0.5 * moved["hooked"]
+
+
+def test_gradients_through_a_spliced_transcoder_are_the_same_on_a_bridge(
+    tiny_model, tiny_bridge, eval_tokens
+):
+    """Without the error term the only path through the MLP is the transcoder's input: on the
+    bridge that input must stay on the autograd graph (its norm computes hook values without
+    autograd unless a hook is attached)."""
+    tokens = eval_tokens[:1, :16]
+    _, cache = tiny_model.run_with_cache(tokens)
+    tc = random_jumprelu(cache, "blocks.1.ln2.hook_normalized", hook_out="blocks.1.hook_mlp_out",
+                         d_sae=32, seed=6)
+    grads = {}
+    for kind, model in (("hooked", tiny_model), ("bridge", tiny_bridge)):
+        seen = {}
+        with splice(model, [tc], use_error_term=False), torch.enable_grad():
+            logits = model.run_with_hooks(
+                tokens, fwd_hooks=[("hook_embed", lambda x, hook, seen=seen: seen.setdefault("x", x))])
+            (grads[kind],) = torch.autograd.grad(logits[0, -1].logsumexp(-1), [seen["x"]])
+    assert grads["hooked"].abs().max() > 1e-3
+    torch.testing.assert_close(grads["bridge"], grads["hooked"], atol=1e-5, rtol=1e-3)

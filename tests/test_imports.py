@@ -1,9 +1,9 @@
 """The package reaches TransformerLens only through paths TransformerLens 4 still has.
 
-TransformerLens 4.0 removed ``HookedTransformer``, ``HookedTransformerConfig``, ``transformer_lens.utils``,
-``loading_from_pretrained``, ``pretrained.weight_conversions``, ``components`` and
-``hook_points.HookedRootModule``. Only ``models/hooked.py``, which holds what 3.9's
-HookedTransformer needs, may use them. Every import anywhere in a module is read with ``ast``
+TransformerLens 4.0 removed ``HookedTransformer``, ``HookedTransformerConfig``,
+``transformer_lens.utils``, ``loading_from_pretrained``, ``pretrained.weight_conversions``,
+``components`` and ``hook_points.HookedRootModule``. Only ``models/hooked.py``, which holds what
+3.9's HookedTransformer needs, may use them. Every import anywhere in a module is read with ``ast``
 (inside functions too), and so is attribute access on an imported ``transformer_lens`` module.
 """
 

@@ -1,4 +1,4 @@
-"""The two TransformerLens model kinds behind one small interface: HookedTransformer and TransformerBridge.
+"""TransformerLens's two model kinds, HookedTransformer and TransformerBridge, behind one interface.
 
 Both expose Gemma Scope's hooks under the same names with the same values, but they differ in
 five ways that matter here, and only this module knows it:

@@ -25,7 +25,7 @@ __all__ = [
 
 
 def hooked_config(base_model: str, **overrides: Any):
-    """TransformerLens's hard-coded ``HookedTransformerConfig`` for ``base_model``, with overrides."""
+    """TransformerLens's hard-coded ``HookedTransformerConfig`` of ``base_model``, overridden."""
     from transformer_lens import HookedTransformerConfig
     from transformer_lens.loading_from_pretrained import convert_hf_model_config
 
@@ -35,7 +35,7 @@ def hooked_config(base_model: str, **overrides: Any):
 
 
 def convert_gemma_weights(hf_model: Any, cfg: Any) -> dict:
-    """TransformerLens's Gemma weight conversion (W_E times sqrt(d_model), 1 added to every norm)."""
+    """TransformerLens's Gemma weight conversion (W_E times sqrt(d_model), 1 added to norms)."""
     from transformer_lens.pretrained.weight_conversions.gemma import (
         convert_gemma_weights as convert,
     )

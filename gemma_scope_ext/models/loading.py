@@ -1,7 +1,7 @@
 """Loading models as unprocessed TransformerLens models: embedded tiny ones and real ones.
 
-Each loader gives a ``HookedTransformer`` by default and a ``TransformerBridge`` (TransformerLens 4's
-only model class) with ``as_bridge=True``; both carry the same hooks with the same values.
+Each loader gives a ``HookedTransformer`` by default and a ``TransformerBridge`` (TransformerLens
+4's only model class) with ``as_bridge=True``; both carry the same hooks with the same values.
 
 Gemma Scope's SAEs read raw activations, so nothing is folded or centred. Each family says how its
 Hugging Face config and weights become TransformerLens's (``Family.tl_config`` and
@@ -108,7 +108,7 @@ def load_model(
     as_bridge: bool = False,
     **kwargs: Any,
 ):
-    """A model of any known family as an unprocessed ``HookedTransformer`` (or ``TransformerBridge``).
+    """A model of any known family as an unprocessed ``HookedTransformer`` (or bridge).
 
     ``name`` is a released model (``gemma-2-2b``) or an embedded tiny one (``tiny-gemma2``). Weights
     come from the Hugging Face hub or its local cache; extra keyword arguments (e.g.

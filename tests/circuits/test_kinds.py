@@ -50,8 +50,9 @@ def test_spliced_hook_names_are_the_same_on_both_kinds(tiny_model, tiny_bridge, 
             _, cache = model.run_with_cache(tokens)
             names = {k for k in cache if "hook_sae" in k}
             fired = []
-            with model.hooks(fwd_hooks=[(s.acts_hook, lambda x, hook, fired=fired: fired.append(x.shape))
-                                        for s in sp.sites]):
+            count = [(s.acts_hook, lambda x, hook, fired=fired: fired.append(x.shape))
+                     for s in sp.sites]
+            with model.hooks(fwd_hooks=count):
                 model(tokens)
         seen[kind] = names, len(fired), {k: cache[k] for k in names}
         assert not any("hook_sae" in k for k in model.hook_dict)  # restored
@@ -100,8 +101,8 @@ def test_gradients_through_a_spliced_transcoder_are_the_same_on_a_bridge(
     for kind, model in (("hooked", tiny_model), ("bridge", tiny_bridge)):
         seen = {}
         with splice(model, [tc], use_error_term=False), torch.enable_grad():
-            logits = model.run_with_hooks(
-                tokens, fwd_hooks=[("hook_embed", lambda x, hook, seen=seen: seen.setdefault("x", x))])
+            keep = [("hook_embed", lambda x, hook, seen=seen: seen.setdefault("x", x))]
+            logits = model.run_with_hooks(tokens, fwd_hooks=keep)
             (grads[kind],) = torch.autograd.grad(logits[0, -1].logsumexp(-1), [seen["x"]])
     assert grads["hooked"].abs().max() > 1e-3
     torch.testing.assert_close(grads["bridge"], grads["hooked"], atol=1e-5, rtol=1e-3)

@@ -73,6 +73,12 @@ def _add_download(sub) -> None:
     p.set_defaults(handler="gemma_scope_ext.cli.catalog:download")
 
 
+def _add_bridge(p) -> None:
+    p.add_argument("--bridge", action="store_true",
+                   help="run the model as a TransformerBridge (TransformerLens 4's model class) "
+                        "instead of a HookedTransformer; the same hooks and numbers")
+
+
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="delta LM loss, FVU and L0 of SAEs; JSON and PNG plots")
     p.add_argument("--model", default="tiny-gemma2",
@@ -95,6 +101,7 @@ def _add_eval(sub) -> None:
                    help="skip the zero- and mean-ablation losses")
     p.add_argument("--out", default="gemma_scope_eval", help="folder for eval.json and PNGs")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_bridge(p)
     p.set_defaults(handler="gemma_scope_ext.cli.eval:main")
 
 
@@ -133,6 +140,7 @@ def _add_graph(sub) -> None:
                    help="precision the model runs in")
     p.add_argument("--device", default=None, help="default: cuda when available (cpu for tiny)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_bridge(p)
     p.set_defaults(handler="gemma_scope_ext.cli.graph:main")
 
 
@@ -166,6 +174,7 @@ def _add_features(sub) -> None:
     p.add_argument("--render-only", action="store_true",
                    help="redraw the site in --out from the data stored there; loads no model")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_bridge(p)
     p.set_defaults(handler="gemma_scope_ext.cli.features:main")
 
 def _add_harvest(sub) -> None:

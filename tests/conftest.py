@@ -1,5 +1,10 @@
 """Shared fixtures: the embedded tiny Gemma 2 and Gemma 3 (TransformerLens and Hugging Face) and
-token batches."""
+token batches.
+
+``kind_model`` is the tiny Gemma 2 as each TransformerLens model kind in turn (``model_kind``:
+"hooked" for HookedTransformer, "bridge" for TransformerBridge); a test that takes it runs once
+per kind and must pass the same reference checks on both.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from gemma_scope_ext.models.backend import MODEL_KINDS  # noqa: E402
 from gemma_scope_ext.models.loading import (  # noqa: E402
     tiny_gemma2,
     tiny_gemma2_hf,
@@ -28,6 +34,25 @@ def tiny_model():
     """The tiny Gemma 2 as a HookedTransformer (fp32, CPU). Do not modify it in a test."""
     torch.set_grad_enabled(True)
     return tiny_gemma2()
+
+
+@pytest.fixture(scope="session")
+def tiny_bridge():
+    """The same tiny Gemma 2 as a TransformerBridge (raw weights, no compatibility mode)."""
+    torch.set_grad_enabled(True)
+    return tiny_gemma2(as_bridge=True)
+
+
+@pytest.fixture(params=MODEL_KINDS)
+def model_kind(request):
+    """Each TransformerLens model kind in turn: "hooked", then "bridge"."""
+    return request.param
+
+
+@pytest.fixture
+def kind_model(model_kind, tiny_model, tiny_bridge):
+    """The tiny Gemma 2 as the model kind under test. Do not modify it in a test."""
+    return tiny_model if model_kind == "hooked" else tiny_bridge
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,7 @@ vmapped backward; the forward checks that the two agree.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple
@@ -31,6 +32,7 @@ from torch import Tensor
 
 from gemma_scope_ext.circuits.nodes import SOURCE_ONLY_SITES, SiteInfo, stream_rank
 from gemma_scope_ext.circuits.splice import site_of, skip_term
+from gemma_scope_ext.models.backend import check_writable, distinct_hooks, hooks_by_name
 
 __all__ = ["FrozenRun", "SiteRun", "check_affine", "decoder_rows", "encoder_rows",
            "frozen_forward", "pre_activations", "pull_back"]
@@ -130,6 +132,7 @@ def _check_sae(model: Any, sae: Any) -> SiteInfo:
             f"attn.hook_z, hook_attn_out, hook_mlp_out, and transcoders from blocks.L.ln2."
             f"hook_normalized (or hook_resid_mid, mlp.hook_in) to blocks.L.hook_mlp_out; got {name} reading "
             f"{hook_in!r} and writing {hook_out!r}")
+    check_writable(model, hook_out)
     site, layer = site_of(hook_in)
     return SiteInfo(site, layer, hook_in, hook_out, int(sae.cfg.d_sae))
 
@@ -190,8 +193,7 @@ def frozen_forward(model: Any, saes: Sequence[Any], tokens: Int[Tensor, "1 pos"]
     attention: dict[tuple[str, str], Tensor] = {}
     mlp_inputs = _mlp_inputs(model)
 
-    def hook(x: Tensor, hook: Any) -> Tensor:
-        name = hook.name
+    def hook(x: Tensor, hook: Any, name: str) -> Tensor:
         if m := _ATTN.fullmatch(name):
             layer, part = m.groups()
             if part == "v":
@@ -224,9 +226,14 @@ def frozen_forward(model: Any, saes: Sequence[Any], tokens: Int[Tensor, "1 pos"]
     names = set(readers) | set(writers) | set(frozen) | {"unembed.hook_in", "unembed.hook_out"}
     names |= {n for n in model.hook_dict if n.endswith("hook_pattern") or n.endswith("hook_scale")
               or n in mlp_inputs or _ATTN.fullmatch(n)}
+    # The names the SAEs use first: where two names reach one point (a bridge), theirs is kept.
+    ordered = sorted(names, key=lambda n: (n not in readers and n not in writers, n))
     with _flat_inputs(saes):
-        with _frozen_parameters(model), torch.enable_grad(), \
-                model.hooks(fwd_hooks=[(n, hook) for n in sorted(names)]):
+        with _frozen_parameters(model), torch.enable_grad(), warnings.catch_warnings(), \
+                model.hooks(fwd_hooks=hooks_by_name(distinct_hooks(model, ordered), hook)):
+            # A bridge warns that edited norm scales replace its native norm: freezing them is
+            # the point here.
+            warnings.filterwarnings("ignore", message=".*edited hook_scale/hook_normalized")
             logits = model(tokens)
         sites = []
         with torch.no_grad():

@@ -1,9 +1,10 @@
-"""Splicing SAEs and transcoders into a HookedTransformer through its hook points.
+"""Splicing SAEs and transcoders into a TransformerLens model through its hook points.
 
 ``splice(model, saes)`` swaps the ``HookPoint`` at each SAE's output hook for an ``SAEHookPoint``
 that runs the SAE, and (for a transcoder) the input hook for one that remembers what it saw. Both
 are still ``HookPoint``s, so ``run_with_cache``, ``run_with_hooks``, ``hooks()`` and ``generate``
-keep working, and each spliced site gains the child hooks SAELens's ``HookedSAETransformer`` names
+keep working, on a HookedTransformer and a TransformerBridge alike (``models/backend.py`` does the
+swap), and each spliced site gains the child hooks SAELens's ``HookedSAETransformer`` names
 (``<hook>.hook_sae_input``, ``.hook_sae_acts_post``, ``.hook_sae_error``, ``.hook_sae_output``).
 
 With the error term on, a site's output is ``decode(f) + e`` with ``e = x - decode(f_clean)``; the
@@ -26,6 +27,12 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens.hook_points import HookPoint
 
+from gemma_scope_ext.models.backend import (
+    check_writable,
+    is_bridge,
+    replace_hook_points,
+    restore_hook_points,
+)
 from gemma_scope_ext.models.families import FAMILIES
 
 __all__ = ["SAEHookPoint", "SiteNodes", "Splice", "SplicedSite", "site_of", "skip_term", "splice"]
@@ -60,9 +67,13 @@ class SiteNodes(NamedTuple):
 class _CaptureHookPoint(HookPoint):
     """A transcoder's input hook: an ordinary HookPoint that remembers its value after its hooks."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_graph: bool = False) -> None:
         super().__init__()
         self.captured: Tensor | None = None
+        if keep_graph:
+            # A bridge norm computes its hook values without autograd unless a forward hook is
+            # attached; one that changes nothing keeps the transcoder input on the graph.
+            self.add_hook(lambda x, hook: None, is_permanent=True)
 
     def __call__(self, x: Tensor) -> Tensor:
         # Captured after the hooks run, so patching the input through hooks reaches the transcoder.
@@ -249,14 +260,6 @@ def _check_hook(model: Any, name: str, sae: Any) -> None:
         )
 
 
-def _set_module(model: Any, path: str, module: Any) -> None:
-    *parents, last = path.split(".")
-    obj = model
-    for part in parents:
-        obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
-    setattr(obj, last, module)
-
-
 @contextmanager
 def splice(model: Any, saes: Any | Sequence[Any], use_error_term: bool = True) -> Iterator[Splice]:
     """Run ``model`` with ``saes`` spliced in at their hooks for the duration of the block.
@@ -277,27 +280,22 @@ def splice(model: Any, saes: Any | Sequence[Any], use_error_term: bool = True) -
         for name in {hook_in, hook_out}:
             _check_hook(model, name, sae)
         sites.append(SplicedSite(sae, hook_in, hook_out, *site_of(hook_in)))
-    originals: dict[str, HookPoint] = {}
     points: dict[str, SAEHookPoint] = {}
+    new: dict[str, HookPoint] = {}
+    for s in sites:
+        check_writable(model, s.hook_out)
+        capture = None
+        if s.hook_in != s.hook_out:
+            new[s.hook_in] = capture = _CaptureHookPoint(keep_graph=is_bridge(model))
+        new[s.hook_out] = points[s.hook_out] = SAEHookPoint(s.sae, use_error_term, capture)
     reshaping = [s.sae for s in sites if getattr(s.sae, "hook_z_reshaping_mode", False)]
+    originals = replace_hook_points(model, new)
     try:
-        for s in sites:
-            capture = None
-            if s.hook_in != s.hook_out:
-                capture = _CaptureHookPoint()
-                originals[s.hook_in] = model.hook_dict[s.hook_in]
-                _set_module(model, s.hook_in, capture)
-            originals[s.hook_out] = model.hook_dict[s.hook_out]
-            points[s.hook_out] = SAEHookPoint(s.sae, use_error_term, capture)
-            _set_module(model, s.hook_out, points[s.hook_out])
         # The splice flattens hook_z itself; SAELens's own reshaping would see 3-d inputs.
         for sae in reshaping:
             sae.turn_off_forward_pass_hook_z_reshaping()
-        model.setup()
         yield Splice(model, tuple(sites), points)
     finally:
         for sae in reshaping:
             sae.turn_on_forward_pass_hook_z_reshaping()
-        for name, point in originals.items():
-            _set_module(model, name, point)
-        model.setup()
+        restore_hook_points(model, originals)

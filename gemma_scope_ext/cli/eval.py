@@ -147,7 +147,8 @@ def main(args: argparse.Namespace) -> int:
             check_split(split)
     datasets = _unique(specs)
     out = check_writable_dir(args.out, "--out folder")
-    model = load_model(args.model, device=args.device, dtype=DTYPES[args.dtype])
+    model = load_model(args.model, device=args.device, dtype=DTYPES[args.dtype],
+                       as_bridge=args.bridge)
     device = str(model.cfg.device)
     loaded = [load_sae(spec, device) for spec in args.sae]
     names = _unique([name for name, _ in loaded])

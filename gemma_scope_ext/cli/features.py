@@ -42,7 +42,8 @@ def main(args: argparse.Namespace) -> int:
     from gemma_scope_ext.features.source import token_stream
     from gemma_scope_ext.models.loading import load_model
 
-    model = load_model(args.model, device=args.device, dtype=DTYPES[args.dtype])
+    model = load_model(args.model, device=args.device, dtype=DTYPES[args.dtype],
+                       as_bridge=args.bridge)
     device = str(model.cfg.device)
     loaded = [load_sae(spec, device) for spec in args.sae]
     stream = token_stream(args.dataset, model.tokenizer, args.tokens, args.seq_len, args.batch_size)

@@ -68,7 +68,8 @@ def main(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"--transcoders {spec!r} is neither a folder nor "
                                     "RELEASE:SAE_ID (e.g. gemma-scope-2b-pt-transcoders:"
                                     "layer_12/width_16k/average_l0_6)")
-    model = load_model(args.model, device=args.device, dtype=DTYPES[args.dtype])
+    model = load_model(args.model, device=args.device, dtype=DTYPES[args.dtype],
+                       as_bridge=args.bridge)
     device = str(model.cfg.device)
     loaded = [load_sae(spec, device) for spec in args.transcoders]
     tokens = _tokens(model, args.prompt).to(device)

@@ -24,7 +24,7 @@ from gemma_scope_ext.evals.passes import (
     encode_decode,
     flat,
     flat_inputs,
-    recorder,
+    recording,
     resumable,
     run_replaced,
     sae_site,
@@ -97,7 +97,7 @@ def site_means(
         keep = ~torch.isin(batch, ignore.to(batch.device))
         cache: dict[str, Tensor] = {}
         model.run_with_hooks(batch, stop_at_layer=stop, return_type=None,
-                             fwd_hooks=[(h, recorder(cache)) for h in hooks])
+                             fwd_hooks=recording(cache, hooks))
         for h in hooks:
             s = flat(cache[h])[keep].double().sum(0).cpu()
             sums[h] = sums[h] + s if h in sums else s
@@ -199,7 +199,7 @@ def _check_hooks(model: Any, saes: Sequence[Any], sites: Sequence[SaeSite]) -> N
     seen: dict[str, Tensor] = {}
     probe = torch.zeros((1, 2), dtype=torch.long, device=model.cfg.device)
     hooks = {h for s in sites for h in (s.hook_in, s.hook_out)}
-    model.run_with_hooks(probe, return_type=None, fwd_hooks=[(h, recorder(seen)) for h in hooks])
+    model.run_with_hooks(probe, return_type=None, fwd_hooks=recording(seen, hooks))
     for sae, site in zip(saes, sites, strict=True):
         d_out = int(getattr(sae.cfg, "d_out", None) or sae.cfg.d_in)
         for hook, width, what in ((site.hook_in, sae.cfg.d_in, "d_in"),
@@ -228,7 +228,7 @@ def _evaluate_batch(model, saes, sites, stats, tokens, ignore, wanted, means, in
     keep = ~torch.isin(tokens, ignore.to(tokens.device))  # [batch, pos]
     cache: dict[str, Tensor] = {}
     logits = model.run_with_hooks(
-        tokens, return_type="logits", fwd_hooks=[(h, recorder(cache)) for h in wanted]
+        tokens, return_type="logits", fwd_hooks=recording(cache, wanted)
     )
     clean = token_ce(logits, tokens)
     del logits

@@ -2,13 +2,14 @@
 
 Shared by the metrics and anything else that evaluates a splice. Activations at ``hook_z`` are
 handed to SAEs flattened head-major, and a pass whose replacement sits in a block resumes from the
-clean residual entering that block (everything before it is unchanged).
+clean residual entering that block (everything before it is unchanged) on a HookedTransformer; a
+TransformerBridge cannot resume and runs the whole forward, with the same result.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
@@ -16,13 +17,15 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from gemma_scope_ext.models.backend import check_writable, hooks_by_name, run_from_block
+
 __all__ = [
     "SaeSite",
     "block_of",
     "encode_decode",
     "flat",
     "flat_inputs",
-    "recorder",
+    "recording",
     "resumable",
     "run_replaced",
     "sae_site",
@@ -97,11 +100,16 @@ def encode_decode(sae: Any, x: Tensor) -> tuple[Tensor, Tensor]:
     return feats, sae.decode(feats)
 
 
-def recorder(cache: dict[str, Tensor]):
-    def record(act: Tensor, hook: Any) -> None:
-        cache[hook.name] = act
+def recording(cache: dict[str, Tensor], hooks: Iterable[str]) -> list[tuple[str, Any]]:
+    """Forward hooks that store each hook's activation in ``cache`` under the name asked for.
 
-    return record
+    Keyed by the requested name, not ``hook.name``: a TransformerBridge reports internal names.
+    """
+
+    def record(act: Tensor, hook: Any, name: str) -> None:
+        cache[name] = act
+
+    return hooks_by_name(hooks, record)
 
 
 def token_ce(logits: Tensor, tokens: Tensor) -> Float[Tensor, "batch pos_minus_1"]:
@@ -111,13 +119,13 @@ def token_ce(logits: Tensor, tokens: Tensor) -> Float[Tensor, "batch pos_minus_1
 
 
 def resumable(model: Any) -> bool:
-    from transformer_lens import HookedTransformer
-
-    return isinstance(model, HookedTransformer)
+    """Whether ``model`` runs block by block (``stop_at_layer``): both TransformerLens model kinds."""
+    return hasattr(model, "blocks") and hasattr(model, "hook_dict")
 
 
 def run_replaced(model, tokens, cache, site: SaeSite, keep: Tensor, replacement: Tensor) -> Tensor:
     """Next-token CE with ``hook_out`` replaced at the kept positions (others keep their value)."""
+    check_writable(model, site.hook_out)
 
     def hook(act: Tensor, hook: Any) -> Tensor:
         new = replacement.to(act.dtype).expand(*act.shape[:2], -1).reshape(act.shape)
@@ -127,16 +135,9 @@ def run_replaced(model, tokens, cache, site: SaeSite, keep: Tensor, replacement:
     hooks = [(site.hook_out, hook)]
     if site.layer is not None and resumable(model):
         # Everything before the block holding the splice is unchanged: resume from the clean
-        # residual entering that block instead of recomputing it.
-        mask = None
-        if model.tokenizer is not None and model.tokenizer.padding_side == "left":
-            from transformer_lens import utils
-
-            mask = utils.get_attention_mask(model.tokenizer, tokens, model.cfg.default_prepend_bos)
-        logits = model.run_with_hooks(
-            cache[f"blocks.{site.layer}.hook_resid_pre"], start_at_layer=site.layer,
-            tokens=tokens, attention_mask=mask, return_type="logits", fwd_hooks=hooks,
-        )  # fmt: skip
+        # residual entering that block where the model can, instead of recomputing it.
+        resid_pre = f"blocks.{site.layer}.hook_resid_pre"
+        logits = run_from_block(model, tokens, lambda: cache[resid_pre], site.layer, hooks)
     else:
         logits = model.run_with_hooks(tokens, return_type="logits", fwd_hooks=hooks)
     return token_ce(logits, tokens)

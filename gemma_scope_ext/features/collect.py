@@ -22,7 +22,7 @@ from gemma_scope_ext.evals.passes import (
     block_of,
     flat,
     flat_inputs,
-    recorder,
+    recording,
     resumable,
     sae_site,
 )
@@ -163,7 +163,7 @@ class FeaturePass:
         keep = ~torch.isin(batch, self.ignore)
         cache: dict[str, Tensor] = {}
         self.model.run_with_hooks(batch, stop_at_layer=self.stop, return_type=None,
-                                  fwd_hooks=[(h, recorder(cache)) for h in set(self.hooks)])  # fmt: skip
+                                  fwd_hooks=recording(cache, set(self.hooks)))  # fmt: skip
         for sae, hook, rec in zip(self.saes, self.hooks, self.recorders, strict=True):
             x = flat(cache[hook])
             if x.shape[-1] != sae.cfg.d_in:

@@ -27,6 +27,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from gemma_scope_ext.models.backend import norm_gain
+
 __all__ = ["OutputView", "head_norms", "logit_effects", "output_view", "residual_directions"]
 
 _HOOK_Z = re.compile(r"^blocks\.(\d+)\.attn\.hook_z$")
@@ -66,8 +68,10 @@ def residual_directions(model: Any, sae: Any, hook_out: str) -> Float[Tensor, "d
         block = model.blocks[int(match.group(1))]
         w_o = block.attn.W_O.detach().float()  # [n_heads, d_head, d_model]
         out = torch.einsum("shd,hdm->sm", w.view(w.shape[0], *w_o.shape[:2]), w_o.to(w.device))
-        if getattr(model.cfg, "use_normalization_before_and_after", False):
-            out = out * block.ln1_post.w.detach().float().to(w.device)
+        # Gemma's post-attention RMSNorm (HookedTransformer builds ln1_post only where it exists).
+        post = getattr(block, "ln1_post", None)
+        if post is not None and (gain := norm_gain(model, post)) is not None:
+            out = out * gain.detach().float().to(w.device)
         return out
     if w.shape[1] == model.cfg.d_model:
         return w
@@ -80,7 +84,8 @@ def logit_effects(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Top-``n`` and bottom-``n`` tokens of ``(directions * ln_final.w) @ W_U``, chunked by latent."""
     w_u = model.W_U.detach()
-    gain = getattr(getattr(model, "ln_final", None), "w", None)
+    final = getattr(model, "ln_final", None)
+    gain = None if final is None else norm_gain(model, final)
     d = directions.to(w_u.device, torch.float32)
     if gain is not None:
         d = d * gain.detach().float()

@@ -105,7 +105,11 @@ def get_spec(model: str | ModelSpec | Any) -> ModelSpec:
                 f"{type(model).__name__}.cfg names no architecture, so its family is unknown; "
                 "load the model through load_model/hooked_from_hf or pass a model name"
             )
-        return ModelSpec.from_tl_config(cfg, family=family_of(architecture).name)
+        family = family_of(architecture).name
+        hf_config = getattr(getattr(model, "original_model", None), "config", None)
+        if hf_config is not None:  # a TransformerBridge: its cfg has no attention scale (-1)
+            return spec_from_hf_config(hf_config.to_dict(), str(cfg.model_name), family)
+        return ModelSpec.from_tl_config(cfg, family=family)
     raise ValueError(
         f"cannot read a model spec from {type(model).__name__}; expected a model name, "
         "a ModelSpec, or a TransformerLens model with a .cfg"

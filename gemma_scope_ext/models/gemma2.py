@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from gemma_scope_ext.models import hooked
 from gemma_scope_ext.models.spec import Family, ModelSpec, Site
 
 __all__ = ["FAMILY", "GEMMA2_MODELS", "SITES", "TINY_MODEL_NAME", "tl_config_from_hf"]
@@ -62,12 +63,9 @@ def tl_config_from_hf(hf_config: Any, dtype: torch.dtype = torch.float32, device
     Starts from TransformerLens's hard-coded gemma-2-2b entry (so every structural flag is the one TL
     uses for the real model) and replaces the sizes with the HF config's.
     """
-    from transformer_lens import HookedTransformerConfig
-    from transformer_lens.loading_from_pretrained import convert_hf_model_config
-
-    cfg = convert_hf_model_config("google/gemma-2-2b")
     attn_types = {"sliding_attention": "local", "full_attention": "global"}
-    cfg.update(
+    return hooked.hooked_config(
+        "google/gemma-2-2b",
         d_model=hf_config.hidden_size,
         d_head=hf_config.head_dim,
         n_heads=hf_config.num_attention_heads,
@@ -88,21 +86,10 @@ def tl_config_from_hf(hf_config: Any, dtype: torch.dtype = torch.float32, device
         dtype=dtype,
         device=device,
     )
-    return HookedTransformerConfig(**cfg)
-
-
-def _convert_weights(hf_model: Any, cfg: Any) -> dict:
-    from transformer_lens.pretrained.weight_conversions.gemma import convert_gemma_weights
-
-    return convert_gemma_weights(hf_model, cfg)
 
 
 def _load_pretrained(spec: ModelSpec, device: str, dtype: torch.dtype, **kwargs: Any):
-    from transformer_lens import HookedTransformer
-
-    return HookedTransformer.from_pretrained_no_processing(
-        spec.hf_name, device=device, dtype=dtype, **kwargs
-    )
+    return hooked.from_pretrained_no_processing(spec.hf_name, device, dtype, **kwargs)
 
 
 FAMILY = Family(
@@ -112,6 +99,6 @@ FAMILY = Family(
     sites=SITES,
     tiny_model=TINY_MODEL_NAME,
     tl_config=tl_config_from_hf,
-    convert_weights=_convert_weights,
+    convert_weights=hooked.convert_gemma_weights,
     load_pretrained=_load_pretrained,
 )

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from gemma_scope_ext.models import hooked
 from gemma_scope_ext.models.mlp_hooks import MLP_INPUT_HOOK, add_mlp_input_hooks
 from gemma_scope_ext.models.spec import Family, ModelSpec, Site
 
@@ -104,12 +105,9 @@ def tl_config_from_hf(hf_config: Any, dtype: torch.dtype = torch.float32, device
     pattern with the HF config's. TransformerLens takes none of these from a config it is handed.
     ``attn_scale`` is sqrt(query_pre_attn_scalar), which TransformerLens never sets for Gemma 3.
     """
-    from transformer_lens import HookedTransformerConfig
-    from transformer_lens.loading_from_pretrained import convert_hf_model_config
-
     hf = hf_config.get_text_config()
-    cfg = convert_hf_model_config("google/gemma-3-270m")
-    cfg.update(
+    return hooked.hooked_config(
+        "google/gemma-3-270m",
         d_model=hf.hidden_size,
         d_head=hf.head_dim,
         n_heads=hf.num_attention_heads,
@@ -131,13 +129,6 @@ def tl_config_from_hf(hf_config: Any, dtype: torch.dtype = torch.float32, device
         device=device,
         **_rope(hf),
     )
-    return HookedTransformerConfig(**cfg)
-
-
-def _convert_weights(hf_model: Any, cfg: Any) -> dict:
-    from transformer_lens.pretrained.weight_conversions.gemma import convert_gemma_weights
-
-    return convert_gemma_weights(hf_model, cfg)
 
 
 def set_attn_scale(model: Any, attn_scale: float) -> None:
@@ -148,11 +139,7 @@ def set_attn_scale(model: Any, attn_scale: float) -> None:
 
 
 def _load_pretrained(spec: ModelSpec, device: str, dtype: torch.dtype, **kwargs: Any):
-    from transformer_lens import HookedTransformer
-
-    model = HookedTransformer.from_pretrained_no_processing(
-        spec.hf_name, device=device, dtype=dtype, **kwargs
-    )
+    model = hooked.from_pretrained_no_processing(spec.hf_name, device, dtype, **kwargs)
     set_attn_scale(model, spec.attn_scale)  # TL's sqrt(d_head) is wrong for 27b
     add_mlp_input_hooks(model)
     return model
@@ -165,7 +152,7 @@ FAMILY = Family(
     sites=SITES,
     tiny_model=TINY_MODEL_NAME,
     tl_config=tl_config_from_hf,
-    convert_weights=_convert_weights,
+    convert_weights=hooked.convert_gemma_weights,
     load_pretrained=_load_pretrained,
     other_architectures=("Gemma3ForConditionalGeneration",),
     finish_model=add_mlp_input_hooks,

@@ -1,4 +1,7 @@
-"""Loading models as unprocessed TransformerLens ``HookedTransformer``s: embedded tiny ones and real ones.
+"""Loading models as unprocessed TransformerLens models: embedded tiny ones and real ones.
+
+Each loader gives a ``HookedTransformer`` by default and a ``TransformerBridge`` (TransformerLens
+4's only model class) with ``as_bridge=True``; both carry the same hooks with the same values.
 
 Gemma Scope's SAEs read raw activations, so nothing is folded or centred. Each family says how its
 Hugging Face config and weights become TransformerLens's (``Family.tl_config`` and
@@ -19,6 +22,8 @@ from typing import Any
 import torch
 
 from gemma_scope_ext.devices import resolve_device
+from gemma_scope_ext.models import hooked
+from gemma_scope_ext.models.backend import bridge_from_hf, bridge_from_pretrained
 from gemma_scope_ext.models.families import family_of, get_family, get_spec, tiny_dir
 from gemma_scope_ext.models.gemma2 import TINY_MODEL_NAME
 from gemma_scope_ext.models.gemma3 import TINY_MODEL_NAME as TINY_GEMMA3
@@ -70,38 +75,35 @@ def hooked_from_hf(hf_model: Any, tokenizer: Any = None, *, dtype=torch.float32,
     No LayerNorm folding or weight centring: activations are raw, as Gemma Scope saw them. The
     family finishes the model (Gemma 3: ``blocks.{L}.mlp.hook_in`` added).
     """
-    from transformer_lens import HookedTransformer
-
     # A model built from a config in memory has no architectures list until it is saved.
     family = family_of((hf_model.config.architectures or [type(hf_model).__name__])[0])
     cfg = family.tl_config(hf_model.config, dtype=dtype, device=device)
-    state_dict = family.convert_weights(hf_model, cfg)
-    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
-    model.load_and_process_state_dict(
-        state_dict,
-        fold_ln=False,
-        center_writing_weights=False,
-        center_unembed=False,
-        fold_value_biases=False,
-        refactor_factored_attn_matrices=False,
-    )
+    model = hooked.build_hooked(cfg, family.convert_weights(hf_model, cfg), tokenizer, device)
     family.finish_model(model)
-    return model.to(device, print_details=False).eval()
+    return model
 
 
 def tiny_model(
     name: str = TINY_MODEL_NAME,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    as_bridge: bool = False,
 ):
-    """An embedded tiny model as a ``HookedTransformer`` with its tokenizer; offline, ~1 s."""
+    """An embedded tiny model with its tokenizer; offline, ~1 s.
+
+    A ``HookedTransformer``, or with ``as_bridge`` a ``TransformerBridge`` on the same weights.
+    """
     hf = tiny_model_hf(name, dtype)
+    if as_bridge:
+        return bridge_from_hf(hf, tiny_tokenizer(name), str(tiny_dir(name)), str(device), name)
     return hooked_from_hf(hf, tiny_tokenizer(name), dtype=dtype, device=str(device))
 
 
-def tiny_gemma2(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-    """The embedded tiny Gemma 2 as a ``HookedTransformer`` with its tokenizer; offline, ~1 s."""
-    return tiny_model(TINY_MODEL_NAME, device, dtype)
+def tiny_gemma2(
+    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, as_bridge: bool = False
+):
+    """The embedded tiny Gemma 2 with its tokenizer (a bridge with ``as_bridge``); offline, ~1 s."""
+    return tiny_model(TINY_MODEL_NAME, device, dtype, as_bridge)
 
 
 def tiny_gemma2_hf(dtype: torch.dtype = torch.float32):
@@ -123,22 +125,26 @@ def load_model(
     name: str,
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
+    as_bridge: bool = False,
     **kwargs: Any,
 ):
-    """A model of any known family as an unprocessed ``HookedTransformer``.
+    """A model of any known family as an unprocessed ``HookedTransformer`` (or bridge).
 
     ``name`` is a released model (``gemma-2-2b``, ``gemma-3-1b-pt``) or an embedded tiny one
     (``tiny-gemma2``, ``tiny-gemma3``). Weights
     come from the Hugging Face hub or its local cache; extra keyword arguments (e.g.
-    ``first_n_layers``) go to TransformerLens.
+    ``first_n_layers``) go to TransformerLens. ``as_bridge`` boots a ``TransformerBridge`` instead,
+    with raw weights (no compatibility mode, which would fold the norms Gemma Scope reads).
     """
     spec = get_spec(name)
     family = get_family(spec.family)
     tiny = spec.name == family.tiny_model
     device = resolve_device(device, default_cpu=tiny)
     if tiny:
-        return tiny_model(spec.name, device, dtype)
+        return tiny_model(spec.name, device, dtype, as_bridge)
     try:
+        if as_bridge:
+            return bridge_from_pretrained(spec.hf_name, device, dtype, spec.name, **kwargs)
         return family.load_pretrained(spec, device=device, dtype=dtype, **kwargs)
     except OSError as err:  # HF raises OSError subclasses when offline or unauthorised
         raise RuntimeError(
@@ -153,22 +159,25 @@ def load_gemma2(
     name: str = "gemma-2-2b",
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
+    as_bridge: bool = False,
     **kwargs: Any,
 ):
     """A Gemma 2 as an unprocessed ``HookedTransformer`` (``from_pretrained_no_processing``).
 
-    ``name`` is a key of ``GEMMA2_MODELS`` or ``"tiny-gemma2"``; see :func:`load_model`.
+    ``name`` is a key of ``GEMMA2_MODELS`` or ``"tiny-gemma2"``; ``as_bridge=True`` gives a
+    ``TransformerBridge``; see :func:`load_model`.
     """
     spec = get_spec(name)
     if spec.family != "gemma2":
         raise ValueError(f"{name!r} is a {spec.family} model, not Gemma 2; use load_model({name!r})")
-    return load_model(name, device, dtype, **kwargs)
+    return load_model(name, device, dtype, as_bridge, **kwargs)
 
 
 def load_gemma3(
     name: str = "gemma-3-1b-pt",
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
+    as_bridge: bool = False,
     **kwargs: Any,
 ):
     """A Gemma 3 as an unprocessed ``HookedTransformer``, ready for Gemma Scope 2.
@@ -176,9 +185,10 @@ def load_gemma3(
     ``name`` is a key of ``GEMMA3_MODELS`` or ``"tiny-gemma3"``; see :func:`load_model`. Two things
     differ from ``HookedTransformer.from_pretrained_no_processing``: attention is scaled by
     sqrt(query_pre_attn_scalar) (TransformerLens uses sqrt(d_head), wrong for 27b), and every MLP has
-    the ``blocks.{L}.mlp.hook_in`` hook that Gemma Scope 2's transcoders read.
+    the ``blocks.{L}.mlp.hook_in`` hook that Gemma Scope 2's transcoders read. ``as_bridge=True``
+    gives a ``TransformerBridge`` (which has that hook and the right scale natively).
     """
     spec = get_spec(name)
     if spec.family != "gemma3":
         raise ValueError(f"{name!r} is a {spec.family} model, not Gemma 3; use load_model({name!r})")
-    return load_model(name, device, dtype, **kwargs)
+    return load_model(name, device, dtype, as_bridge, **kwargs)

@@ -17,7 +17,7 @@ from sae_lens.config import HfDataset
 from sae_lens.training.activations_store import ActivationsStore
 from sae_lens.util import get_special_token_ids
 from torch import Tensor
-from transformer_lens.hook_points import HookedRootModule
+from transformer_lens import HookedRootModule
 
 if TYPE_CHECKING:
     from gemma_scope_ext.training.runner_config import TranscoderRunnerConfig

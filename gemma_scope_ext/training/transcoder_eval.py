@@ -15,7 +15,7 @@ import torch
 from jaxtyping import Int
 from sae_lens.training.prefetch import PrefetchingIterator
 from torch import Tensor
-from transformer_lens.hook_points import HookedRootModule
+from transformer_lens import HookedRootModule
 
 from gemma_scope_ext.evals.metrics import EvalResult, evaluate
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from sae_lens.config import HfDataset
 from sae_lens.llm_sae_training_runner import LanguageModelSAETrainingRunner
-from transformer_lens.hook_points import HookedRootModule
+from transformer_lens import HookedRootModule
 from typing_extensions import override
 
 from gemma_scope_ext.models.families import get_spec

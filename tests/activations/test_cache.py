@@ -59,9 +59,11 @@ def mlp_of(model, x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("dtype, tol", [("float32", 1e-5), ("bfloat16", 0.1)])
-def test_transcoder_pairs_stay_aligned_through_the_cache(tiny_model, tmp_path, dtype, tol) -> None:
+def test_transcoder_pairs_stay_aligned_through_the_cache(
+    kind_model, tiny_model, tmp_path, dtype, tol
+) -> None:
     cfg = suite_cfg(tmp_path, [SuiteEntry("transcoder", "transcoder", 1, 8)])
-    harvest_for(tiny_model, cfg, tmp_path / "cache", hooks=[HOOK_OUT, HOOK_IN], dtype=dtype)
+    harvest_for(kind_model, cfg, tmp_path / "cache", hooks=[HOOK_OUT, HOOK_IN], dtype=dtype)
     source = CacheSource(tmp_path / "cache", [HOOK_IN, HOOK_OUT], seed=1)
     batch = MixingBuffer(source, 4 * BATCH, 2 * BATCH, 0.5, seed=2)
     xy = torch.cat([batch.next_batch() for _ in range(3)])

@@ -7,24 +7,24 @@ import torch
 from gemma_scope_ext.activations import MixingBuffer, activations_of, stop_layer
 
 
-def test_the_forward_stops_after_the_deepest_block(tiny_model, eval_tokens) -> None:
+def test_the_forward_stops_after_the_deepest_block(kind_model, eval_tokens) -> None:
     assert stop_layer(["blocks.0.hook_resid_post", "blocks.2.ln2.hook_normalized"]) == 3
     assert stop_layer(["hook_embed"]) == 0
     ran = []
     handles = [b.register_forward_hook(lambda m, i, o, k=k: ran.append(k))
-               for k, b in enumerate(tiny_model.blocks)]  # fmt: skip
+               for k, b in enumerate(kind_model.blocks)]  # fmt: skip
     try:
-        acts = activations_of(tiny_model, eval_tokens[:2], ["blocks.1.hook_mlp_out", "hook_embed"],
+        acts = activations_of(kind_model, eval_tokens[:2], ["blocks.1.hook_mlp_out", "hook_embed"],
                               special_ids=[0, 1, 2])  # fmt: skip
         assert ran == [0, 1]
         ran.clear()
-        activations_of(tiny_model, eval_tokens[:2], ["blocks.2.hook_mlp_out"])
+        activations_of(kind_model, eval_tokens[:2], ["blocks.2.hook_mlp_out"])
         assert ran == [0, 1, 2]  # control: a deeper hook runs a deeper forward
     finally:
         for h in handles:
             h.remove()
     # Same values as a full forward, special tokens dropped from every hook alike.
-    _, cache = tiny_model.run_with_cache(eval_tokens[:2])
+    _, cache = kind_model.run_with_cache(eval_tokens[:2])
     keep = ~torch.isin(eval_tokens[:2], torch.tensor([0, 1, 2])).reshape(-1)
     want = torch.cat([cache["blocks.1.hook_mlp_out"].reshape(-1, 128),
                       cache["hook_embed"].reshape(-1, 128)], 1)[keep]  # fmt: skip

@@ -40,12 +40,12 @@ def _site_gradient(model, tokens, metric, hook):
     return saved["x"].detach(), grad
 
 
-def test_attribution_patching_is_activation_times_clean_gradient(tiny_model, setup):
+def test_attribution_patching_is_activation_times_clean_gradient(kind_model, setup):
     tokens, cache, saes, metric = setup
-    table = attribution_patching(tiny_model, saes, tokens, metric)
-    assert table.metric_clean == pytest.approx(float(metric(tiny_model(tokens))), abs=1e-5)
+    table = attribution_patching(kind_model, saes, tokens, metric)
+    assert table.metric_clean == pytest.approx(float(metric(kind_model(tokens))), abs=1e-5)
     # Residual SAE at layer 1: the node gradient is W_dec @ (the clean gradient at the site).
-    x, g = _site_gradient(tiny_model, tokens, metric, "blocks.1.hook_resid_post")
+    x, g = _site_gradient(kind_model, tokens, metric, "blocks.1.hook_resid_post")
     sae = saes[1]
     f = sae.encode(x).detach()
     expected = f * (g @ sae.W_dec.detach().T)
@@ -64,13 +64,13 @@ def test_attribution_patching_is_activation_times_clean_gradient(tiny_model, set
     assert ranked == sorted(ranked, reverse=True)
 
 
-def test_linear_estimates_track_true_ablations(tiny_model, setup):
+def test_linear_estimates_track_true_ablations(kind_model, setup):
     tokens, _, saes, metric = setup
-    table = attribution_patching(tiny_model, saes, tokens, metric)
+    table = attribution_patching(kind_model, saes, tokens, metric)
     top = table.features()[:10]
 
     def corr(scale):
-        effects = torch.tensor([ablate(tiny_model, saes, tokens, metric, [r], scale).effect
+        effects = torch.tensor([ablate(kind_model, saes, tokens, metric, [r], scale).effect
                                 for r in top])
         estimates = torch.tensor([(1 - scale) * r.attribution for r in top])
         return torch.corrcoef(torch.stack([effects, estimates]))[0, 1], effects, estimates
@@ -86,18 +86,18 @@ def test_linear_estimates_track_true_ablations(tiny_model, setup):
     assert r_full > 0.8
     # Ablating a set: the effect is close to the summed attributions of its members. Downstream
     # JumpReLU features can cross their thresholds, so allow 20% of the members' total magnitude.
-    result = ablate(tiny_model, saes, tokens, metric, top[:4], scale=0.9)
+    result = ablate(kind_model, saes, tokens, metric, top[:4], scale=0.9)
     scale_of = 0.1 * sum(abs(r.attribution) for r in top[:4])
     assert abs(result.effect - 0.1 * sum(r.attribution for r in top[:4])) < 0.2 * scale_of
 
 
-def test_integrated_gradients_is_complete(tiny_model, setup):
+def test_integrated_gradients_is_complete(kind_model, setup):
     tokens, _, saes, metric = setup
     # Sites that add into the residual stream give smooth paths: a few nodes are enough.
-    table = integrated_gradients(tiny_model, saes[2:], tokens, metric, steps=8, progress=False)
+    table = integrated_gradients(kind_model, saes[2:], tokens, metric, steps=8, progress=False)
     # Zeroing the whole residual stream sends the next RMSNorms through their steep small-norm
     # regime near alpha = 0, so that site needs more quadrature nodes.
-    res_table = integrated_gradients(tiny_model, saes[1:2], tokens, metric, steps=32,
+    res_table = integrated_gradients(kind_model, saes[1:2], tokens, metric, steps=32,
                                      progress=False)
     checks = res_table.completeness + table.completeness
     assert [(c.site, c.layer) for c in checks] == [("res", 1), ("mlp", 2), ("transcoder", 3)]
@@ -110,7 +110,7 @@ def test_integrated_gradients_is_complete(tiny_model, setup):
     # Checked against an independent measurement: with every node of the transcoder at zero, the
     # MLP output is the decoder bias alone.
     b_dec = saes[3].b_dec.detach()
-    zeroed = tiny_model.run_with_hooks(
+    zeroed = kind_model.run_with_hooks(
         tokens, fwd_hooks=[("blocks.3.hook_mlp_out", lambda x, hook: b_dec.expand_as(x))])
     change = table.metric_clean - float(metric(zeroed))
     assert table.completeness[-1].metric_change == pytest.approx(change, abs=1e-5)

@@ -9,6 +9,7 @@ from sae_lens.saes.sae import SAEMetadata
 
 from gemma_scope_ext.circuits.attribution import logit_diff
 from gemma_scope_ext.circuits.steering import clamp, steer
+from gemma_scope_ext.models.backend import norm_gain
 
 POS = 14
 HOOK = "blocks.2.hook_resid_post"
@@ -43,7 +44,7 @@ def setup(tiny_model, eval_tokens):
     return tokens, cache, metric, grad[0, POS]
 
 
-def test_steer_adds_the_decoder_direction_exactly(tiny_model, setup):
+def test_steer_adds_the_decoder_direction_exactly(kind_model, setup):
     tokens, cache, _, _ = setup
     sae = random_sae(cache, HOOK)
     by_hand = sae.W_dec[3].detach() * 2.0 - sae.W_dec[5].detach() * 0.5
@@ -53,16 +54,16 @@ def test_steer_adds_the_decoder_direction_exactly(tiny_model, setup):
         x[:, [POS]] += by_hand
         return x
 
-    expected = tiny_model.run_with_hooks(tokens, fwd_hooks=[(HOOK, add)])
-    with steer(tiny_model, sae, [3, 5], [2.0, -0.5], positions=[POS]):
-        steered = tiny_model(tokens)
+    expected = kind_model.run_with_hooks(tokens, fwd_hooks=[(HOOK, add)])
+    with steer(kind_model, sae, [3, 5], [2.0, -0.5], positions=[POS]):
+        steered = kind_model(tokens)
     torch.testing.assert_close(steered, expected)
-    assert (steered - tiny_model(tokens)).abs().max() > 1e-3
+    assert (steered - kind_model(tokens)).abs().max() > 1e-3
     # Attention sites: the direction is laid out head-major over hook_z.
     att = random_sae(cache, "blocks.1.attn.hook_z")
-    with steer(tiny_model, att, 0, 1.0):
+    with steer(kind_model, att, 0, 1.0):
         # The caching hook is added after the steering hook, so it sees the steered value.
-        _, steered_cache = tiny_model.run_with_cache(tokens, names_filter="blocks.1.attn.hook_z")
+        _, steered_cache = kind_model.run_with_cache(tokens, names_filter="blocks.1.attn.hook_z")
     z = steered_cache["blocks.1.attn.hook_z"]
     torch.testing.assert_close(z.flatten(-2) - cache["blocks.1.attn.hook_z"].flatten(-2),
                                att.W_dec[0].detach().expand(1, tokens.shape[1], -1))
@@ -84,34 +85,34 @@ def test_steering_moves_the_metric_as_the_gradient_predicts(tiny_model, setup):
         assert change * c * float(dots[k]) > 0
 
 
-def test_steering_applies_during_generation(tiny_model, setup):
+def test_steering_applies_during_generation(kind_model, setup):
     tokens, cache, _, _ = setup
-    last = f"blocks.{tiny_model.cfg.n_layers - 1}.hook_resid_post"
+    last = f"blocks.{kind_model.cfg.n_layers - 1}.hook_resid_post"
     sae = random_sae(cache, last)
-    w_u = tiny_model.W_U.detach()
+    w_u = kind_model.W_U.detach()
     tok = int(w_u.norm(dim=0).argmax())  # no other column can outscore it against itself
     with torch.no_grad():
-        sae.W_dec[0] = w_u[:, tok] / tiny_model.ln_final.w.detach()
+        sae.W_dec[0] = w_u[:, tok] / norm_gain(kind_model, kind_model.ln_final).detach()
     prompt = tokens[:, :8]
-    plain = tiny_model.generate(prompt, max_new_tokens=4, do_sample=False, verbose=False)
-    with steer(tiny_model, sae, 0, 1e3):
-        steered = tiny_model.generate(prompt, max_new_tokens=4, do_sample=False, verbose=False)
+    plain = kind_model.generate(prompt, max_new_tokens=4, do_sample=False, verbose=False)
+    with steer(kind_model, sae, 0, 1e3):
+        steered = kind_model.generate(prompt, max_new_tokens=4, do_sample=False, verbose=False)
     assert steered[0, 8:].tolist() == [tok] * 4
     assert plain[0, 8:].tolist() != [tok] * 4
 
 
-def test_clamp_holds_the_feature_and_moves_the_output_along_its_decoder(tiny_model, setup):
+def test_clamp_holds_the_feature_and_moves_the_output_along_its_decoder(kind_model, setup):
     tokens, cache, _, _ = setup
     sae = random_sae(cache, HOOK, seed=2)
     f = sae.encode(cache[HOOK]).detach()
     k, value = int(f[0, POS].argmax()), 5.0
     delta = (value - f[0, :, k])[:, None] * sae.W_dec[k].detach()
-    expected = tiny_model.run_with_hooks(tokens, fwd_hooks=[(HOOK, lambda x, hook: x + delta)])
-    with clamp(tiny_model, sae, k, value) as sp:
-        logits = tiny_model(tokens)
+    expected = kind_model.run_with_hooks(tokens, fwd_hooks=[(HOOK, lambda x, hook: x + delta)])
+    with clamp(kind_model, sae, k, value) as sp:
+        logits = kind_model(tokens)
         acts = sp.nodes(sae).features
     assert (acts[0, :, k] == value).all()
     torch.testing.assert_close(acts[0, :, :k], f[0, :, :k])
     torch.testing.assert_close(logits, expected, atol=1e-5, rtol=0)
-    with pytest.raises(ValueError, match="out of range"), clamp(tiny_model, sae, 99, 1.0):
+    with pytest.raises(ValueError, match="out of range"), clamp(kind_model, sae, 99, 1.0):
         pass

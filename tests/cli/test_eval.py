@@ -94,6 +94,27 @@ def test_eval_command_writes_json_and_plots(tiny_model, saved, tmp_path, capsys)
         "by_dataset.png", "by_position.png", "eval.json", "l0_vs_delta_loss.png"]
 
 
+def test_bridge_flag_gives_the_same_report(saved, tmp_path, monkeypatch):
+    from gemma_scope_ext.models import loading
+
+    booted = []  # the flag must really boot a TransformerBridge
+    real = loading.bridge_from_hf
+    monkeypatch.setattr(loading, "bridge_from_hf", lambda *a, **k: booted.append(1) or real(*a, **k))
+    _, saes = saved
+    reports = {}
+    for flag in ([], ["--bridge"]):
+        out = tmp_path / ("bridge" if flag else "hooked")
+        argv = ["eval", "--sae", str(saes["pca4"][0]), "--n-seqs", str(N_SEQS), "--seq-len",
+                str(SEQ_LEN), "--batch-size", "4", "--out", str(out), "--quiet", *flag]
+        assert gemma_scope_cli.main(argv) == 0
+        reports[bool(flag)] = json.loads((out / "eval.json").read_text())["results"]["docstrings"]
+        assert len(booted) == len(flag)
+    ours, ref = reports[True]["results"]["pca4"], reports[False]["results"]["pca4"]
+    assert ref["delta_loss"] > 1e-3
+    for key in ("clean_loss", "delta_loss", "zero_ablation_loss", "fvu", "l0"):
+        assert ours[key] == pytest.approx(ref[key], rel=1e-4, abs=2e-5), key
+
+
 def test_bad_sae_argument_is_a_clear_error(tmp_path, capsys):
     code = gemma_scope_cli.main(["eval", "--sae", str(tmp_path / "missing"), "--out",
                                  str(tmp_path / "o"), "--quiet"])

@@ -76,9 +76,9 @@ def test_default_edges():
     assert default_position_edges(100) == [0, 1, 2, 4, 8, 16, 32, 64, 100]
 
 
-def test_buckets_of_a_real_run_pool_back_to_the_total(tiny_model):
-    tokens = sample_tokens(tiny_model.tokenizer, 4, 96)
-    res = evaluate(tiny_model, sae_with_l0(tiny_model, tokens, 0.1), tokens, progress=False,
+def test_buckets_of_a_real_run_pool_back_to_the_total(kind_model):
+    tokens = sample_tokens(kind_model.tokenizer, 4, 96)
+    res = evaluate(kind_model, sae_with_l0(kind_model, tokens, 0.1), tokens, progress=False,
                    ablations=False)
     b = position_buckets(res.by_position)  # 96 positions: log buckets
     assert b.end[-1] == 96 and len(b.start) == 8
@@ -89,14 +89,14 @@ def test_buckets_of_a_real_run_pool_back_to_the_total(tiny_model):
     assert pooled == pytest.approx(res.delta_loss, abs=1e-9)
 
 
-def test_datasets_each_equal_their_own_evaluation(tiny_model):
-    sources = {"eval": sample_tokens(tiny_model.tokenizer, 4, 48, "eval"),
-               "train": sample_tokens(tiny_model.tokenizer, 4, 48, "train")}
-    sae = sae_with_l0(tiny_model, sources["train"], 0.1)
-    out = evaluate_datasets(tiny_model, sae, sources, progress=False)
+def test_datasets_each_equal_their_own_evaluation(kind_model):
+    sources = {"eval": sample_tokens(kind_model.tokenizer, 4, 48, "eval"),
+               "train": sample_tokens(kind_model.tokenizer, 4, 48, "train")}
+    sae = sae_with_l0(kind_model, sources["train"], 0.1)
+    out = evaluate_datasets(kind_model, sae, sources, progress=False)
     assert list(out) == ["eval", "train"]
     for name, tokens in sources.items():
-        alone = evaluate(tiny_model, sae, tokens, progress=False)
+        alone = evaluate(kind_model, sae, tokens, progress=False)
         assert out[name].delta_loss == pytest.approx(alone.delta_loss, abs=1e-12)
         assert out[name].fvu == pytest.approx(alone.fvu, rel=1e-12)
     assert out["eval"].clean_loss != out["train"].clean_loss

@@ -97,12 +97,15 @@ def reference(model, sae, tokens, hook_in, hook_out):
         }
 
 
-@pytest.mark.parametrize("site", list(HOOKS))
-def test_metrics_equal_plain_hooks(tiny_model, eval_tokens, site):
+# Every site on the HookedTransformer; on the bridge the two whose hooks differ most from its
+# internal names (hook_embed, and hook_z, 4-d over the heads); test_kinds.py compares the rest.
+@pytest.mark.parametrize(("model_kind", "site"), [*(("hooked", s) for s in HOOKS),
+                                                  ("bridge", "att"), ("bridge", "embedding")])
+def test_metrics_equal_plain_hooks(kind_model, eval_tokens, site):
     hook = HOOKS[site]
-    sae = random_jumprelu(tiny_model, eval_tokens, hook)
-    ref = reference(tiny_model, sae, eval_tokens, hook, hook)
-    res = evaluate(tiny_model, sae, eval_tokens, batch_size=3, progress=False)
+    sae = random_jumprelu(kind_model, eval_tokens, hook)
+    ref = reference(kind_model, sae, eval_tokens, hook, hook)
+    res = evaluate(kind_model, sae, eval_tokens, batch_size=3, progress=False)
     assert res.clean_loss == pytest.approx(ref["clean"], abs=1e-5)
     assert res.delta_loss == pytest.approx(ref["delta"], abs=2e-5)
     assert abs(res.delta_loss) > 1e-3  # the random SAE must actually hurt
@@ -123,11 +126,11 @@ def test_metrics_equal_plain_hooks(tiny_model, eval_tokens, site):
     assert int(res.l0_histogram.sum()) == res.n_tokens
 
 
-def test_transcoder_reads_in_hook_and_splices_out_hook(tiny_model, eval_tokens):
+def test_transcoder_reads_in_hook_and_splices_out_hook(kind_model, eval_tokens):
     hook_in, hook_out = "blocks.2.ln2.hook_normalized", "blocks.2.hook_mlp_out"
-    tc = random_jumprelu(tiny_model, eval_tokens, hook_in, hook_out=hook_out)
-    ref = reference(tiny_model, tc, eval_tokens, hook_in, hook_out)
-    res = evaluate(tiny_model, tc, eval_tokens, batch_size=4, progress=False)
+    tc = random_jumprelu(kind_model, eval_tokens, hook_in, hook_out=hook_out)
+    ref = reference(kind_model, tc, eval_tokens, hook_in, hook_out)
+    res = evaluate(kind_model, tc, eval_tokens, batch_size=4, progress=False)
     assert (res.hook_name, res.hook_name_out) == (hook_in, hook_out)
     for name, value in [("delta", res.delta_loss), ("zero", res.zero_ablation_loss),
                         ("mean", res.mean_ablation_loss)]:

@@ -38,10 +38,11 @@ def _direct(model, sae, final_gain: bool = True) -> torch.Tensor:
     return (w * gain) @ model.W_U.double()
 
 
-def test_promoted_tokens_equal_a_direct_product(tiny_model, saes):
+def test_promoted_tokens_equal_a_direct_product(kind_model, tiny_model, saes):
+    # The reference reads the HookedTransformer's weights, which hold Gemma's norm gain 1 + w.
     for sae in saes:
         hook = sae.cfg.metadata.hook_name_out or sae.cfg.metadata.hook_name
-        view = output_view(tiny_model, sae, hook, N)
+        view = output_view(kind_model, sae, hook, N)
         scores = _direct(tiny_model, sae)
         top, bottom = scores.topk(N, dim=1), scores.topk(N, dim=1, largest=False)
         assert torch.equal(view.promoted_ids, top.indices), hook

@@ -78,6 +78,34 @@ def test_load_gemma2_offline_gives_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="unknown model"):
         load_gemma2("gemma-3-1b")
     assert load_gemma2("tiny-gemma2").cfg.d_model == tiny_spec().d_model
+    with pytest.raises(RuntimeError, match="google/gemma-2-2b.*tiny-gemma2"):
+        load_gemma2("gemma-2-2b", device="cpu", first_n_layers=1, as_bridge=True)
+
+
+def test_as_bridge_gives_a_raw_transformer_bridge(tiny_model, eval_tokens):
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from gemma_scope_ext.models.backend import is_bridge
+
+    bridge = load_gemma2("tiny-gemma2", as_bridge=True)
+    assert type(bridge) is TransformerBridge and is_bridge(bridge) and not is_bridge(tiny_model)
+    assert not bridge.compatibility_mode
+    assert bridge.cfg.d_model == tiny_spec().d_model
+    with torch.no_grad():
+        diff = (bridge(eval_tokens[:2]) - tiny_model(eval_tokens[:2])).abs().max()
+    assert diff < 1e-4  # measured 1.1e-5
+    # Why not compatibility mode: it folds the norm gains into the next weights, which moves the
+    # unembedding input the attribution graph reads (measured 3.2) and the MLP input (1.0).
+    folded = tiny_gemma2(as_bridge=True)
+    folded.enable_compatibility_mode(disable_warnings=True)
+    names = ["unembed.hook_in", "blocks.1.mlp.hook_in"]
+    with torch.no_grad():
+        _, raw = bridge.run_with_cache(eval_tokens[:1], names_filter=names)
+        _, moved = folded.run_with_cache(eval_tokens[:1], names_filter=names)
+        _, ours = tiny_model.run_with_cache(eval_tokens[:1], names_filter=names[:1])
+    assert (raw[names[0]] - ours[names[0]]).abs().max() < 1e-4
+    for name in names:
+        assert (raw[name] - moved[name]).abs().max() > 0.1, name
 
 
 def test_sample_text_splits():

@@ -1,5 +1,7 @@
 """Every Gemma Scope site's TransformerLens hook against the Hugging Face Gemma 2 implementation.
 
+Each check runs on the HookedTransformer and on the TransformerBridge of the same weights.
+
 The reference tensors come from forward hooks on the HF modules of the same weights; a broken detail
 (sliding window off by one, local/global swapped, wrong attention scale, a soft cap missing) or a wrong
 hook (post-gain instead of pre-gain, MLP output before the post-norm) must fail the same comparison.
@@ -12,7 +14,9 @@ import dataclasses
 import pytest
 import torch
 
-from gemma_scope_ext import hook_name, hook_name_out, site_d_in
+from gemma_scope_ext import SITES, get_spec, hook_name, hook_name_out, site_d_in
+from gemma_scope_ext.models import tiny_spec
+from gemma_scope_ext.models.backend import MODEL_KINDS
 from gemma_scope_ext.models.gemma2 import tl_config_from_hf
 
 TOL = 1e-4
@@ -66,11 +70,24 @@ def reference(tiny_hf, eval_tokens):
     return hf_reference(tiny_hf, eval_tokens)
 
 
-@pytest.fixture(scope="module")
-def tl_cache(tiny_model, eval_tokens):
+@pytest.fixture(scope="module", params=MODEL_KINDS)
+def tl_cache(request, eval_tokens):
+    """Logits and every hook of the tiny model as each kind: HookedTransformer, TransformerBridge."""
+    model = request.getfixturevalue("tiny_model" if request.param == "hooked" else "tiny_bridge")
     with torch.no_grad():
-        logits, cache = tiny_model.run_with_cache(eval_tokens)
+        logits, cache = model.run_with_cache(eval_tokens)
     return logits, cache
+
+
+def test_site_names_are_the_same_on_a_bridge(tiny_model, tiny_bridge):
+    assert get_spec(tiny_bridge) == get_spec(tiny_model) == tiny_spec()
+    for site, s in SITES.items():
+        for layer in range(tiny_model.cfg.n_layers) if s.per_layer else [None]:
+            names = hook_name(tiny_bridge, site, layer), hook_name_out(tiny_bridge, site, layer)
+            assert names == (hook_name(tiny_model, site, layer),
+                             hook_name_out(tiny_model, site, layer))
+            assert all(n in tiny_bridge.hook_dict for n in names)
+        assert site_d_in(tiny_bridge, site) == site_d_in(tiny_model, site)
 
 
 def test_sequences_exceed_the_sliding_window(tiny_model, eval_tokens):

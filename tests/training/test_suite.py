@@ -67,13 +67,13 @@ def trained_weights(folder) -> dict[str, torch.Tensor]:
     return {k: v.detach() for k, v in SAE.load_from_disk(str(folder)).state_dict().items()}
 
 
-def test_a_suite_trains_what_single_runs_train(tiny_model, tmp_path) -> None:
+def test_a_suite_trains_what_single_runs_train(kind_model, tmp_path) -> None:
     cfg = suite_cfg(tmp_path, two_entries())
-    manifest = SuiteTrainingRunner(cfg, model=tiny_model, progress=False).run()
+    manifest = SuiteTrainingRunner(cfg, model=kind_model, progress=False).run()
     assert set(manifest["entries"]) == {e.name for e in cfg.entries}
     for entry in cfg.entries:
         alone = entry_trainer(cfg, entry).sae
-        alone.load_state_dict(train_alone(tiny_model, cfg, entry))
+        alone.load_state_dict(train_alone(kind_model, cfg, entry))
         alone.complete_step()  # as saving does
         got = trained_weights(tmp_path / "suite" / entry.name)
         want = alone.inference_state_dict()
@@ -89,11 +89,11 @@ def test_a_suite_trains_what_single_runs_train(tiny_model, tmp_path) -> None:
     # Negative controls: another seed, or shuffled data, trains other weights.
     reseeded = SuiteEntry("sae", "res", 0, 48, l0_coefficient=1e-3, seed=5, l0_warm_up_steps=4)
     cfg2 = suite_cfg(tmp_path / "b", [reseeded])
-    SuiteTrainingRunner(cfg2, model=tiny_model, progress=False).run()
+    SuiteTrainingRunner(cfg2, model=kind_model, progress=False).run()
     a = trained_weights(tmp_path / "suite" / cfg.entries[0].name)["W_enc"]
     assert (trained_weights(tmp_path / "b" / "suite" / reseeded.name)["W_enc"] - a).abs().max() > 1e-3
     cfg3 = suite_cfg(tmp_path / "c", [cfg.entries[0]], mix_fraction=0.5)
-    SuiteTrainingRunner(cfg3, model=tiny_model, progress=False).run()
+    SuiteTrainingRunner(cfg3, model=kind_model, progress=False).run()
     assert (trained_weights(tmp_path / "c" / "suite" / cfg.entries[0].name)["W_enc"] - a).abs().max() > 1e-4
 
 

@@ -53,16 +53,16 @@ def mlp_of(model, x: torch.Tensor) -> torch.Tensor:
         return block.ln2_post(block.mlp((x * block.ln2.w)[None]))[0]
 
 
-def test_pairs_stay_aligned_through_shuffling(tiny_model, dataset) -> None:
+def test_pairs_stay_aligned_through_shuffling(kind_model, tiny_model, dataset) -> None:
     torch.manual_seed(0)
-    store = make_store(tiny_model, dataset)
+    store = make_store(kind_model, dataset)
     x, y = split_pairs(torch.cat([next(store) for _ in range(3)]), 128)
     assert x.shape == y.shape == (192, 128)
     torch.testing.assert_close(y, mlp_of(tiny_model, x), rtol=1e-5, atol=1e-5)
     # The check discriminates: pairing each input with its neighbour's target fails it.
     assert (y.roll(1, 0) - mlp_of(tiny_model, x)).abs().max() > 0.1
     # And the rows really were shuffled: an unshuffled store serves them in another order.
-    ordered = make_store(tiny_model, dataset, activations_mixing_fraction=0.0).next_pair().x
+    ordered = make_store(kind_model, dataset, activations_mixing_fraction=0.0).next_pair().x
     assert not torch.equal(x[:64], ordered)
 
 
@@ -132,18 +132,18 @@ def reference_losses(model, transcoder, tokens: torch.Tensor) -> dict[str, float
         }
 
 
-def test_evaluator_losses_equal_a_plain_hooks_reference(tiny_model, dataset) -> None:
+def test_evaluator_losses_equal_a_plain_hooks_reference(kind_model, dataset) -> None:
     torch.manual_seed(3)
     tc = GemmaScopeTrainingTranscoder(GemmaScopeTrainingTranscoderConfig(d_in=128, d_sae=64))
-    x, y = make_store(tiny_model, dataset).next_pair()
+    x, y = make_store(kind_model, dataset).next_pair()
     tc.estimate_scales(x, y)  # outputs of the MLP's size, so the splice moves the loss modestly
     tc.eval()
-    evaluator = TranscoderEvaluator(tiny_model, make_store(tiny_model, dataset), 2, 4)
+    evaluator = TranscoderEvaluator(kind_model, make_store(kind_model, dataset), 2, 4)
     metrics = evaluator(tc)
     # An identical store replays the same token stream for the reference.
-    tokens = TranscoderEvaluator(tiny_model, make_store(tiny_model, dataset), 2, 4).eval_tokens()
+    tokens = TranscoderEvaluator(kind_model, make_store(kind_model, dataset), 2, 4).eval_tokens()
     assert tokens.shape == (8, 32)
-    ref = reference_losses(tiny_model, tc, tokens)
+    ref = reference_losses(kind_model, tc, tokens)
     key = "model_performance_preservation/"
     assert metrics[key + "ce_loss_without_sae"] == pytest.approx(ref["clean"], abs=1e-4)
     assert metrics[key + "ce_loss_with_sae"] == pytest.approx(ref["spliced"], abs=1e-4)
@@ -153,7 +153,7 @@ def test_evaluator_losses_equal_a_plain_hooks_reference(tiny_model, dataset) -> 
     assert abs(ref["spliced"] - ref["clean"]) > 1e-3  # the splice did change the loss
     # FVU against the target at the output hook, not the input.
     keep = ~torch.isin(tokens, SPECIAL)
-    _, cache = tiny_model.run_with_cache(tokens, names_filter=[HOOK_IN, HOOK_OUT])
+    _, cache = kind_model.run_with_cache(tokens, names_filter=[HOOK_IN, HOOK_OUT])
     xi, yo = cache[HOOK_IN][keep], cache[HOOK_OUT][keep]
     with torch.no_grad():
         fvu = (yo - tc(xi)).pow(2).sum() / (yo - yo.mean(0)).pow(2).sum()

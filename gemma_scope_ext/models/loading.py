@@ -111,9 +111,11 @@ def tiny_gemma2_hf(dtype: torch.dtype = torch.float32):
     return tiny_model_hf(TINY_MODEL_NAME, dtype)
 
 
-def tiny_gemma3(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-    """The embedded tiny Gemma 3 as a ``HookedTransformer`` with its tokenizer; offline, ~1 s."""
-    return tiny_model(TINY_GEMMA3, device, dtype)
+def tiny_gemma3(
+    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, as_bridge: bool = False
+):
+    """The embedded tiny Gemma 3 with its tokenizer (a bridge with ``as_bridge``); offline, ~1 s."""
+    return tiny_model(TINY_GEMMA3, device, dtype, as_bridge)
 
 
 def tiny_gemma3_hf(dtype: torch.dtype = torch.float32):

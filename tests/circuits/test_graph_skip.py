@@ -100,7 +100,7 @@ def test_gemma_scope_2_skip_transcoder_on_gemma3_edges_equal_brute_force(one_thr
     graph = feature_graph(model, [tc, res], tokens, targets=[LogitTarget(TOKEN, pos)],
                           softcap="pre", progress=False, batch_size=32)  # fmt: skip
     brute = BruteForce(model, [tc, res], tokens)
-    outs = {("blocks.1.mlp.hook_in", 1): "blocks.1.hook_mlp_out", ("res", 2): "blocks.2.hook_resid_post",
+    outs = {("transcoder", 1): "blocks.1.hook_mlp_out", ("res", 2): "blocks.2.hook_resid_post",
             ("mlp", 0): "blocks.0.hook_mlp_out", ("mlp", 2): "blocks.2.hook_mlp_out"}  # fmt: skip
 
     def zeroed(node):
@@ -120,7 +120,7 @@ def test_gemma_scope_2_skip_transcoder_on_gemma3_edges_equal_brute_force(one_thr
     feature = graph.nodes[t].feature
     sources = torch.nonzero(graph.adjacency[t]).flatten().tolist()
     kinds = {graph.nodes[s].site for s in sources}
-    assert "blocks.1.mlp.hook_in" in kinds and "embedding" in kinds
+    assert "transcoder" in kinds and "embedding" in kinds
     largest = float(graph.adjacency[t].abs().max())
     for s in sources:  # every one: features of the skip transcoder, its errors, the embeddings
         effect = float(clean[pos, feature] - zeroed(graph.nodes[s])[pos, feature])

@@ -48,13 +48,14 @@ def test_tiny_config_exercises_the_gemma3_details():
     assert all(w.abs().mean() > 0.01 for w in norms)  # the (1 + w) convention matters
 
 
-def test_transformer_bridge_exposes_the_same_hooks(tiny_gemma3_model):
-    """TL's bridge on the HF model has every site's hook (mlp.hook_in natively), same values."""
-    from transformer_lens.model_bridge import TransformerBridge
+def test_the_tiny_gemma3_bridge_equals_hooked_transformer(tiny_gemma3_model):
+    """``tiny_gemma3(as_bridge=True)``: every site's hook (mlp.hook_in natively), same values, and a
+    transcoder spliced at mlp.hook_in gives the same logits on both kinds."""
+    from gemma_scope_ext import splice, tiny_gemma3
+    from tests.helpers.random_saes import random_jumprelu
 
-    bridge = TransformerBridge.boot_transformers(
-        str(tiny_dir(TINY)), hf_model=tiny_gemma3_hf(), tokenizer=tiny_gemma3_model.tokenizer
-    )
+    bridge = tiny_gemma3(as_bridge=True)
+    assert type(bridge).__name__ == "TransformerBridge"
     tokens = sample_tokens(tiny_gemma3_model.tokenizer, 2, 64, split="eval")
     with torch.no_grad():
         _, theirs = bridge.run_with_cache(tokens)
@@ -66,6 +67,15 @@ def test_transformer_bridge_exposes_the_same_hooks(tiny_gemma3_model):
                              hook_name_out(tiny_gemma3_model, site, layer)}  # fmt: skip
             for name in names:
                 assert (theirs[name] - ours[name]).abs().max() < 1e-4, name
+    tc = random_jumprelu(ours, "blocks.2.mlp.hook_in", hook_out="blocks.2.hook_mlp_out")
+    with torch.no_grad():
+        plain = tiny_gemma3_model(tokens)
+        with splice(tiny_gemma3_model, [tc], use_error_term=False):
+            want = tiny_gemma3_model(tokens)
+        with splice(bridge, [tc], use_error_term=False):
+            got = bridge(tokens)
+    assert (got - want).abs().max() < 1e-4
+    assert (want - plain).abs().max() > 1e-2  # control: the transcoder changes the output
 
 
 def test_load_gemma3_offline_gives_a_clear_error(tmp_path, monkeypatch):

@@ -16,11 +16,10 @@ from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float
-from sae_lens.saes.sae import SAEMetadata
 from torch import Tensor, nn
 from typing_extensions import override
 
-from gemma_scope_ext.saes.params import check_finite, check_last_dim, jumprelu_widths
+from gemma_scope_ext.saes.params import check_last_dim, jumprelu_widths
 from gemma_scope_ext.saes.transcoder import GemmaScopeTranscoder, GemmaScopeTranscoderConfig
 
 __all__ = ["ARCHITECTURE", "GemmaScopeSkipTranscoder", "GemmaScopeSkipTranscoderConfig"]
@@ -70,38 +69,20 @@ class GemmaScopeSkipTranscoder(GemmaScopeTranscoder):
         feature_acts = self.encode(x)
         return self.decode(feature_acts) + self.skip(x), feature_acts
 
+    _config_class = GemmaScopeSkipTranscoderConfig
+
     @classmethod
-    def from_params(  # type: ignore[override]
-        cls,
-        params: dict[str, Tensor],
-        hook_name: str | None = None,
-        hook_name_out: str | None = None,
-        model_name: str | None = None,
-        device: str = "cpu",
-        dtype: str = "float32",
-        **metadata,
-    ) -> GemmaScopeSkipTranscoder:
-        """A skip transcoder holding ``W_enc, W_dec, b_enc, b_dec, threshold, W_skip``."""
+    def _widths(cls, params: dict[str, Tensor]) -> tuple[int, int, int]:
+        """Widths of ``W_enc, W_dec, b_enc, b_dec, threshold``, and ``W_skip`` [d_out, d_in]."""
         if "W_skip" not in params:
             raise ValueError(
                 f"a skip transcoder needs W_skip [d_out, d_in]; got only {sorted(params)} (use "
                 "GemmaScopeTranscoder for a transcoder without a skip connection)"
             )
-        rest = {k: v for k, v in params.items() if k != "W_skip"}
-        d_in, d_sae, d_out = jumprelu_widths(rest)
+        d_in, d_sae, d_out = jumprelu_widths({k: v for k, v in params.items() if k != "W_skip"})
         if tuple(params["W_skip"].shape) != (d_out, d_in):
             raise ValueError(
                 f"W_skip has shape {tuple(params['W_skip'].shape)}, expected (d_out, d_in) = "
                 f"{(d_out, d_in)} (Gemma Scope 2's affine_skip_connection is stored transposed)"
             )
-        check_finite(params, f"{cls.__name__}.from_params")
-        cfg = GemmaScopeSkipTranscoderConfig(
-            d_in=d_in, d_sae=d_sae, d_out=d_out, dtype=dtype, device=device,
-            metadata=SAEMetadata(hook_name=hook_name, hook_name_out=hook_name_out,
-                                 model_name=model_name, **metadata),
-        )  # fmt: skip
-        transcoder = cls(cfg)
-        with torch.no_grad():
-            for name, value in params.items():
-                getattr(transcoder, name).copy_(torch.as_tensor(value))
-        return transcoder
+        return d_in, d_sae, d_out

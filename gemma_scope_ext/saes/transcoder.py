@@ -86,6 +86,13 @@ class GemmaScopeTranscoder(JumpReLUTranscoder):
         is refused (FileExistsError) unless ``overwrite``."""
         return save_inference_sae(self, path, overwrite)
 
+    _config_class: type[GemmaScopeTranscoderConfig] = GemmaScopeTranscoderConfig
+
+    @classmethod
+    def _widths(cls, params: dict[str, Tensor]) -> tuple[int, int, int]:
+        """(d_in, d_sae, d_out) of ``params``, checked."""
+        return jumprelu_widths(params)
+
     @classmethod
     def from_params(
         cls,
@@ -98,9 +105,9 @@ class GemmaScopeTranscoder(JumpReLUTranscoder):
         **metadata,
     ) -> GemmaScopeTranscoder:
         """A transcoder holding ``W_enc, W_dec, b_enc, b_dec, threshold`` (e.g. a params.npz)."""
-        d_in, d_sae, d_out = jumprelu_widths(params)
+        d_in, d_sae, d_out = cls._widths(params)
         check_finite(params, f"{cls.__name__}.from_params")
-        cfg = GemmaScopeTranscoderConfig(
+        cfg = cls._config_class(
             d_in=d_in, d_sae=d_sae, d_out=d_out, dtype=dtype, device=device,
             metadata=SAEMetadata(hook_name=hook_name, hook_name_out=hook_name_out,
                                  model_name=model_name, **metadata),

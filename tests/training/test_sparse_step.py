@@ -300,7 +300,7 @@ def test_encoder_gradient_is_x_transposed_times_the_pair_gradients(dtype):
     g = torch.Generator().manual_seed(0)
     x, G = torch.randn(7, 5, generator=g), torch.randn(7, 30, generator=g)
     G = G * (torch.rand(7, 30, generator=g) < 0.2)
-    tok, lat = G.nonzero(as_tuple=True)
+    lat, tok = G.T.nonzero(as_tuple=True)  # grouped by latent
     out = sparse_step._encoder_grad(x.to(dtype), tok, lat, G[tok, lat].to(dtype), 30)
     assert out.shape == (5, 30) and out.is_contiguous()  # the parameter's layout: no copy later
     expected = x.to(dtype).double().T @ G.to(dtype).double()

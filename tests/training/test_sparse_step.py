@@ -309,3 +309,14 @@ def test_encoder_gradient_is_x_transposed_times_the_pair_gradients(dtype):
     with pytest.raises(AssertionError):  # the pairs matter: values at the wrong pairs differ
         swapped = sparse_step._encoder_grad(x.to(dtype), tok, lat, G[tok, lat].flip(0).to(dtype), 30)
         torch.testing.assert_close(swapped.double(), expected, **tol)
+
+
+def test_grouping_order_is_the_stable_sort_by_latent():
+    g = torch.Generator().manual_seed(0)
+    lat = torch.randint(0, 50, (400,), generator=g)
+    order = sparse_step._grouping_order(lat, 50)
+    assert torch.equal(order, torch.argsort(lat, stable=True))
+    assert (lat[order].diff() >= 0).all()
+    within = order.view(-1)[lat[order] == 7]
+    assert (within.diff() > 0).all()  # stable: a latent's pairs keep their token order
+    assert not torch.equal(order, torch.argsort(lat, descending=True, stable=True))  # it can fail

@@ -38,12 +38,13 @@ __all__ = [
     "use_sparse_training",
 ]
 
-SPARSE_TRAIN_DENSITY_CUTOFF: dict[str, float] = {"cpu": 0.015, "cuda": 0.01}
+SPARSE_TRAIN_DENSITY_CUTOFF: dict[str, float] = {"cpu": 0.021, "cuda": 0.01}
 """Largest fraction of candidate (token, latent) pairs (z - theta > -eps) at which the sparse
 step is used, per device type. CPU (measured, 2304 x 16384, batch 1024, 2 shared cores; see
-benchmarks/RESULTS.md): the sparse step is 2.5x faster than the dense one at density 0.0054
-(L0 ~65) and between 0.9x and 1.2x at 0.0205 (L0 ~280), so the cut-off sits below the break-even.
-CUDA: not measured here (no GPU was available); an estimate to be checked with
+benchmarks/RESULTS.md): the sparse step is 2.6-3.0x SAELens's at density 0.0054 (L0 ~63) and
+1.5-2.1x faster than the dense step at 0.0205 (L0 ~280) in five runs; the cut-off sits just
+above the densest point measured (the break-even lies beyond it). CUDA: not measured here (no
+GPU was available); an estimate to be checked with
 ``python -m benchmarks.bench_sparse_train --device cuda``. Other devices use the dense step."""
 
 SPARSE_TRAIN_MIN_WORK = 1 << 22

@@ -42,7 +42,7 @@ SPARSE_TRAIN_DENSITY_CUTOFF: dict[str, float] = {"cpu": 0.021, "cuda": 0.01}
 """Largest fraction of candidate (token, latent) pairs (z - theta > -eps) at which the sparse
 step is used, per device type. CPU (measured, 2304 x 16384, batch 1024, 2 shared cores; see
 benchmarks/RESULTS.md): the sparse step is 2.6-3.0x SAELens's at density 0.0054 (L0 ~63) and
-1.5-2.1x faster than the dense step at 0.0205 (L0 ~280) in five runs; the cut-off sits just
+1.5-2.1x faster than the dense step at 0.0205 (L0 ~280) in six runs; the cut-off sits just
 above the densest point measured (the break-even lies beyond it). CUDA: not measured here (no
 GPU was available); an estimate to be checked with
 ``python -m benchmarks.bench_sparse_train --device cuda``. Other devices use the dense step."""

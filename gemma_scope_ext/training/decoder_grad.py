@@ -14,7 +14,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, autograd
 
-__all__ = ["remove_parallel_grad", "tangent_part"]
+__all__ = ["project_rows", "remove_parallel_grad", "tangent_part"]
 
 
 class _RemoveParallelGrad(autograd.Function):
@@ -43,6 +43,16 @@ def tangent_part(
     dot = (grad.unsqueeze(-2) @ W.unsqueeze(-1)).squeeze(-1)
     norm_sq = torch.linalg.vector_norm(W, dim=-1, keepdim=True).square()
     return torch.addcmul(grad, dot / norm_sq, W, value=-1.0)
+
+
+def project_rows(
+    grad: Float[Tensor, "d_sae d_out"], W: Float[Tensor, "d_sae d_out"], dot: Float[Tensor, " d_sae"]
+) -> Float[Tensor, "d_sae d_out"]:
+    """``tangent_part`` given the row dot products g_j . w_j, computed in place in ``grad``
+    (for a caller that owns ``grad`` and has the dot products cheaper than a pass over it)."""
+    norm_sq = torch.linalg.vector_norm(W, dim=-1).square()
+    coef = (dot.to(norm_sq.dtype) / norm_sq).unsqueeze(-1).to(grad.dtype)
+    return grad.addcmul_(coef, W.to(grad.dtype), value=-1.0)
 
 
 def remove_parallel_grad(W_dec: Float[Tensor, "d_sae d_out"]) -> Float[Tensor, "d_sae d_out"]:

@@ -27,7 +27,7 @@ from jaxtyping import Float
 from torch import Tensor, autograd
 
 from gemma_scope_ext.saes.jumprelu import rectangle
-from gemma_scope_ext.training.decoder_grad import tangent_part
+from gemma_scope_ext.training.decoder_grad import project_rows
 
 __all__ = [
     "SPARSE_TRAIN_DENSITY_CUTOFF",
@@ -38,12 +38,13 @@ __all__ = [
     "use_sparse_training",
 ]
 
-SPARSE_TRAIN_DENSITY_CUTOFF: dict[str, float] = {"cpu": 0.015, "cuda": 0.01}
+SPARSE_TRAIN_DENSITY_CUTOFF: dict[str, float] = {"cpu": 0.021, "cuda": 0.01}
 """Largest fraction of candidate (token, latent) pairs (z - theta > -eps) at which the sparse
 step is used, per device type. CPU (measured, 2304 x 16384, batch 1024, 2 shared cores; see
-benchmarks/RESULTS.md): the sparse step is 2.5x faster than the dense one at density 0.0054
-(L0 ~65) and between 0.9x and 1.2x at 0.0205 (L0 ~280), so the cut-off sits below the break-even.
-CUDA: not measured here (no GPU was available); an estimate to be checked with
+benchmarks/RESULTS.md): the sparse step is 2.6-3.0x SAELens's at density 0.0054 (L0 ~63) and
+1.5-2.1x faster than the dense step at 0.0205 (L0 ~280) in six runs; the cut-off sits just
+above the densest point measured (the break-even lies beyond it). CUDA: not measured here (no
+GPU was available); an estimate to be checked with
 ``python -m benchmarks.bench_sparse_train --device cuda``. Other devices use the dense step."""
 
 SPARSE_TRAIN_MIN_WORK = 1 << 22
@@ -105,23 +106,45 @@ def _rows_sum(index: Tensor, keys: Tensor, weights: Tensor, table: Tensor, n: in
                            per_sample_weights=weights.to(table.dtype))  # fmt: skip
 
 
+def _grouping_order(keys: Tensor, n_keys: int) -> Tensor:
+    """The stable order that groups pairs by key (pairs keep their order within a key)."""
+    # int32 keys: the same permutation, and on CPU 10-20x faster to sort than int64 (measured at
+    # 65k-300k pairs: 0.5-8 ms against 9-26 ms alone, ~190 ms within a loaded training step)
+    small = keys.to(torch.int32) if n_keys <= torch.iinfo(torch.int32).max else keys
+    return torch.argsort(small, stable=True)
+
+
+def _csr(keys: Tensor, index: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
+    """A CSR matrix with ``values`` at (keys[p], index[p]); ``keys`` sorted, ``index`` sorted
+    within each key (the order ``nonzero`` gives)."""
+    crow = torch.zeros(shape[0] + 1, dtype=torch.int64, device=keys.device)
+    crow[1:] = torch.bincount(keys, minlength=shape[0]).cumsum(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "CSR support is in beta"
+        return torch.sparse_csr_tensor(crow, index, values, size=shape, check_invariants=False)
+
+
+def _encoder_grad(x: Tensor, tok: Tensor, lat: Tensor, g: Tensor, d_sae: int) -> Tensor:
+    """x^T G with G [n, d_sae] holding g at the pairs (tok, lat) grouped by latent, as a contiguous
+    [d_in, d_sae] tensor (the parameter's layout, which autograd accumulates without a copy).
+
+    Gathered as [d_sae, d_in] rows and transposed once: on CPU this is about twice as fast as
+    MKL's dense-times-CSR product that would write [d_in, d_sae] directly (measured, see
+    benchmarks/RESULTS.md)."""
+    return _rows_sum(tok, lat, g, x, d_sae).T.contiguous()
+
+
 def _pair_dots(R: Tensor, W: Tensor, tok: Tensor, lat: Tensor) -> Tensor:
     """R[tok[p]] . W[lat[p]] for every pair p (pairs sorted by token, then latent)."""
     dtype = torch.promote_types(R.dtype, W.dtype)
     if dtype in (torch.float32, torch.float64):
         # A sampled dense-dense product (SDDMM) on the pairs' CSR pattern: about 20x faster on
         # CPU than gathering both rows of every pair, and no [pairs, d_out] temporaries.
-        crow = torch.zeros(R.shape[0] + 1, dtype=torch.int64, device=R.device)
-        crow[1:] = torch.bincount(tok, minlength=R.shape[0]).cumsum(0)
+        zeros = torch.zeros(tok.shape[0], dtype=dtype, device=R.device)
+        pattern = _csr(tok, lat, zeros, (R.shape[0], W.shape[0]))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "CSR support is in beta"
-            pattern = torch.sparse_csr_tensor(
-                crow, lat, torch.zeros(tok.shape[0], dtype=dtype, device=R.device),
-                size=(R.shape[0], W.shape[0]), check_invariants=False,
-            )  # fmt: skip
-            return torch.sparse.sampled_addmm(
-                pattern, R.to(dtype), W.to(dtype).T, beta=0.0
-            ).values()
+            return torch.sparse.sampled_addmm(pattern, R.to(dtype), W.to(dtype).T, beta=0.0).values()
     out = torch.empty(tok.shape[0], dtype=dtype, device=R.device)
     for s in range(0, tok.shape[0], _CHUNK):
         t, j = tok[s : s + _CHUNK], lat[s : s + _CHUNK]
@@ -165,19 +188,24 @@ class _SparseTrainStep(autograd.Function):
         active, kernel = active[keep], kernel[keep]
 
         R = diff * (2.0 * g_mse / n)  # dLoss/dy_hat
-        D = _pair_dots(R, W_dec, tok, lat).to(zp.dtype)  # dLoss/df at the kept pairs
+        D_exact = _pair_dots(R, W_dec, tok, lat)  # R[t] . W_dec[j] at the kept pairs
+        D = D_exact.to(zp.dtype)  # dLoss/df
         grad_theta_p = -(theta / eps) * kernel * D - (g_l0 / (n * eps)) * kernel
         grad_threshold = torch.zeros(d_sae, dtype=zp.dtype, device=zp.device)
         grad_threshold = grad_threshold.index_add_(0, lat, grad_theta_p).to(threshold.dtype)
 
         tok_a, lat_a, g_a, f_a = tok[active], lat[active], D[active], zp[active]
         grad_b_enc = torch.zeros(d_sae, dtype=zp.dtype, device=zp.device).index_add_(0, lat_a, g_a)
-        order = torch.argsort(lat_a, stable=True)  # group the active pairs by latent
+        order = _grouping_order(lat_a, d_sae)
         by_tok, by_lat = tok_a[order], lat_a[order]
-        grad_W_enc = _rows_sum(by_tok, by_lat, g_a[order], x, d_sae).T
+        grad_W_enc = _encoder_grad(x, by_tok, by_lat, g_a[order], d_sae)
         grad_W_dec = _rows_sum(by_tok, by_lat, f_a[order], R, d_sae)
         if ctx.project:
-            grad_W_dec = tangent_part(grad_W_dec, W_dec)
+            # g_j . w_j = sum over j's active pairs of f (R[t] . w_j): the pair dots already
+            # computed, so the projection is one in-place pass (rows without pairs stay zero)
+            dot = torch.zeros(d_sae, dtype=D_exact.dtype, device=D_exact.device)
+            dot.index_add_(0, lat_a, f_a.to(D_exact.dtype) * D_exact[active])
+            grad_W_dec = project_rows(grad_W_dec, W_dec, dot)
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = _rows_sum(lat_a, tok_a, g_a, W_enc.T.contiguous(), n).to(x.dtype)

@@ -275,3 +275,48 @@ def test_sae_lens_trainer_drives_the_sparse_step_unchanged():
     assert (weights["off"]["W_enc"] - _sae(d_in=12, d_sae=48).W_enc).abs().max() > 0.01
     for name, value in weights["off"].items():
         torch.testing.assert_close(weights["on"][name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_rows_without_active_pairs_keep_a_zero_projected_gradient():
+    """Half the latents never fire: their decoder rows get exactly zero (the projection is done
+    in place from the pair dot products); the other rows lose their component along the row."""
+    sae = _sae(d_sae=48)
+    with torch.no_grad():
+        sae.threshold[::2] = 1e3  # far above any z: no active pair, no in-band pair
+    x = _batch(sae)
+    _, g_dense, g_sparse = _assert_same_step(sae, x)
+    assert (g_sparse["W_dec"][::2] == 0).all() and (g_sparse["W_dec"][1::2] != 0).any()
+    along = (g_sparse["W_dec"] * sae.W_dec.detach()).sum(-1)
+    torch.testing.assert_close(along, torch.zeros_like(along), rtol=0, atol=1e-6)
+    # negative control: without the projection the firing rows keep a part along themselves
+    unprojected = _sae(d_sae=48, project_decoder_grad=False)
+    unprojected.load_state_dict(sae.state_dict())
+    _, g_free = _run(unprojected, x, "on")
+    assert (g_free["W_dec"] * sae.W_dec.detach()).sum(-1).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_encoder_gradient_is_x_transposed_times_the_pair_gradients(dtype):
+    g = torch.Generator().manual_seed(0)
+    x, G = torch.randn(7, 5, generator=g), torch.randn(7, 30, generator=g)
+    G = G * (torch.rand(7, 30, generator=g) < 0.2)
+    lat, tok = G.T.nonzero(as_tuple=True)  # grouped by latent
+    out = sparse_step._encoder_grad(x.to(dtype), tok, lat, G[tok, lat].to(dtype), 30)
+    assert out.shape == (5, 30) and out.is_contiguous()  # the parameter's layout: no copy later
+    expected = x.to(dtype).double().T @ G.to(dtype).double()
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
+    torch.testing.assert_close(out.double(), expected, **tol)
+    with pytest.raises(AssertionError):  # the pairs matter: values at the wrong pairs differ
+        swapped = sparse_step._encoder_grad(x.to(dtype), tok, lat, G[tok, lat].flip(0).to(dtype), 30)
+        torch.testing.assert_close(swapped.double(), expected, **tol)
+
+
+def test_grouping_order_is_the_stable_sort_by_latent():
+    g = torch.Generator().manual_seed(0)
+    lat = torch.randint(0, 50, (400,), generator=g)
+    order = sparse_step._grouping_order(lat, 50)
+    assert torch.equal(order, torch.argsort(lat, stable=True))
+    assert (lat[order].diff() >= 0).all()
+    within = order.view(-1)[lat[order] == 7]
+    assert (within.diff() > 0).all()  # stable: a latent's pairs keep their token order
+    assert not torch.equal(order, torch.argsort(lat, descending=True, stable=True))  # it can fail

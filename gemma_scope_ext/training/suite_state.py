@@ -90,11 +90,10 @@ def save_checkpoint(folder: str | Path, step: int, trainers: dict[str, Any],
     return target
 
 
-def _latest(root: Path) -> Path | None:
+def _latest(root: Path) -> dict[str, Any] | None:
+    """The index ``latest.json`` (step, folder, entries, data streams), or None."""
     path = root / LATEST
-    if not path.is_file():
-        return None
-    return root / json.loads(path.read_text())["folder"]
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def load_checkpoint(folder: str | Path, trainers: dict[str, Any], streams: range,
@@ -103,10 +102,10 @@ def load_checkpoint(folder: str | Path, trainers: dict[str, Any], streams: range
     """Restore ``trainers`` and this rank's RNG from the latest checkpoint; returns its step and
     the buffer states of ``streams``, or None if there is no checkpoint."""
     root = Path(folder) / "checkpoints"
-    latest = _latest(root)
-    if latest is None:
+    index = _latest(root)
+    if index is None:
         return None
-    saved = json.loads((root / LATEST).read_text()).get("data_streams", 1)
+    latest, saved = root / index["folder"], index.get("data_streams", 1)
     if saved != data_streams:
         raise ValueError(f"checkpoint {latest} was written with {saved} data streams, this run has "
                          f"{data_streams}: resume with data_streams={saved} (any number of "
@@ -126,4 +125,4 @@ def load_checkpoint(folder: str | Path, trainers: dict[str, Any], streams: range
     if mine.is_file():
         torch.set_rng_state(torch.load(mine, weights_only=False)["rng"])
     states = {s: torch.load(latest / f"stream-{s}.pt", weights_only=False) for s in streams}
-    return int(json.loads((root / LATEST).read_text())["step"]), states
+    return int(index["step"]), states
